@@ -1,0 +1,170 @@
+"""The ``suanwang`` command: ``run``, ``plan`` and ``bench``.
+
+Flags are parsed in :func:`main` only, never at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+import yaml
+
+from suanwang.runtime.config import ConfigError, JobConfig, demo_config_path, load_config
+
+log = logging.getLogger("suanwang")
+
+
+def _load(path: str | None) -> JobConfig:
+    return load_config(path or demo_config_path())
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+# ------------------------------------------------------------------ plan
+def predict(cfg: JobConfig) -> dict:
+    """Predicted WAN bytes and WAN time per round, from the declared links.
+
+    Every center sends its encoded contribution to every other center (all-gather).
+    """
+    from suanwang.models.clip import ClipConfig
+
+    numel = ClipConfig.preset(cfg.model.size).param_count()
+    codec = cfg.codec.build()
+    payload = numel * 4 / codec.estimate_ratio(numel)
+    names = [c.name for c in cfg.centers]
+    n = len(names)
+    per_link_s = {
+        "<->".join(sorted(link.between)): payload * 8 / (link.bandwidth_mbit * 1e6) + link.rtt_ms / 1e3
+        for link in cfg.links
+    }
+    return {
+        "parameters": numel,
+        "payload_bytes": int(payload),
+        "wan_bytes_per_round": int(payload * n * (n - 1)),
+        "wan_s_per_round": max(per_link_s.values(), default=0.0),
+        "rounds": cfg.rounds,
+        "wan_bytes_total": int(payload * n * (n - 1) * cfg.rounds),
+    }
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
+    p = predict(cfg)
+    print(
+        f"\n# prediction: {p['parameters']:,} parameters, {p['rounds']} rounds, "
+        f"{_mb(p['payload_bytes'])} MB payload per center per round,\n"
+        f"#   {_mb(p['wan_bytes_per_round'])} MB on the WAN per round "
+        f"({_mb(p['wan_bytes_total'])} MB in all), "
+        f"at least {p['wan_s_per_round']:.3f} s of WAN time per round on the declared links"
+    )
+    return 0
+
+
+# ------------------------------------------------------------------ run
+def _progress(rec) -> None:
+    cells = " | ".join(
+        f"{name} step {c['steps']} loss {c['loss']:.3f} wan {_mb(c['wan_bytes_sent'])}MB"
+        for name, c in rec.centers.items()
+    )
+    ev = f" eval {rec.eval_loss:.3f}" if rec.eval_loss is not None else ""
+    out = f"[{rec.time_s:7.1f}s] round {rec.round + 1}{ev} | {cells}"
+    if rec.excluded:
+        out += f" | left out: {rec.excluded}"
+    print(out, flush=True)
+
+
+def _summary(result) -> str:
+    rows = [("center", "workers", "samples", "compute_s", "wait_s", "wan_MB_sent")]
+    for name, c in result.centers.items():
+        rows.append((name, str(c.workers), str(c.samples), f"{c.compute_s:.1f}", f"{c.wait_s:.1f}", _mb(c.wan_bytes_sent)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines.append("")
+    for key, link in result.links.items():
+        lines.append(f"link {key}: {_mb(link['bytes'])} MB")
+    lines.append(
+        f"rounds {result.rounds}, wall {result.wall_s:.1f} s, WAN {_mb(result.wan_bytes)} MB, "
+        f"held-out loss {result.initial_eval_loss:.3f} -> {result.final_eval_loss:.3f}, "
+        f"parameters agree: {result.params_agree}"
+    )
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from suanwang.launch.demo import demo_functions
+    from suanwang.runtime.job import Job
+
+    cfg = _load(args.config)
+    if cfg.wan.insecure:
+        print("WARNING: insecure run: gateways use plaintext gRPC (wan.insecure: true)", file=sys.stderr)
+    job = Job(cfg, demo_functions(cfg))
+    print(
+        f"suanwang: job {cfg.job.name}: {len(cfg.centers)} centers "
+        f"({', '.join(f'{c.name}x{c.workers} {c.device}' for c in cfg.centers)}), "
+        f"strategy {cfg.strategy.kind}, codec {cfg.codec.kind}, {cfg.rounds} rounds",
+        flush=True,
+    )
+    try:
+        result = job.run(on_round=None if args.quiet else _progress)
+    except KeyboardInterrupt:
+        print("\nsuanwang: interrupted; every center was stopped", file=sys.stderr)
+        return 130
+    print(_summary(result))
+    if args.json:
+        result.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ------------------------------------------------------------------ bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"suanwang.benchmarks.{args.which}")
+    except ModuleNotFoundError:
+        print(f"suanwang bench: no benchmark {args.which!r}", file=sys.stderr)
+        return 2
+    return int(mod.main(args.rest) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="suanwang", description="Train one model across compute centers.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a job embedded on this machine (default: the demo)")
+    run.add_argument("config", nargs="?", help="launch config (YAML); default: the packaged demo")
+    run.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    run.set_defaults(func=cmd_run)
+    plan = sub.add_parser("plan", help="validate a config, print it resolved, predict WAN cost")
+    plan.add_argument("config", nargs="?", help="launch config (YAML); default: the packaged demo")
+    plan.set_defaults(func=cmd_plan)
+    bench = sub.add_parser("bench", help="run a benchmark: codecs")
+    bench.add_argument("which", help="benchmark name, e.g. codecs")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("SUANWANG_LOG_LEVEL", "INFO"),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"suanwang: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

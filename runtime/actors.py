@@ -1,0 +1,105 @@
+"""Thin Ray actor shells around :class:`Worker` and :class:`Gateway`.
+
+All logic lives in the plain classes; these only construct them inside the actor process
+and forward calls, so tests can drive the same code without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from suanwang.runtime.config import JobConfig
+from suanwang.runtime.faults import Fault
+from suanwang.runtime.functions import JobFunctions
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("SUANWANG_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@ray.remote
+class WorkerActor:
+    """Ray shell of :class:`suanwang.runtime.worker.Worker`."""
+
+    def __init__(self, spec, cfg: JobConfig, fns: JobFunctions, faults: tuple[Fault, ...]):
+        _setup_logging()
+        from suanwang.runtime.worker import Worker
+
+        self.w = Worker(spec, cfg, fns, faults)
+
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
+    def create_store(self, host: str) -> int:
+        return self.w.create_store(host)
+
+    def init_group(self, host: str, port: int) -> None:
+        self.w.init_group(host, port)
+
+    def numel(self) -> int:
+        return self.w.numel
+
+    def params_vector(self):
+        return self.w.params_vector()
+
+    def local_work(self, round: int):
+        return self.w.local_work(round)
+
+    def contribution(self):
+        return self.w.contribution()
+
+    def apply(self, result) -> str:
+        return self.w.apply(result)
+
+    def params_digest(self) -> str:
+        return self.w.params_digest()
+
+    def evaluate(self) -> float:
+        return self.w.evaluate()
+
+    def shutdown(self) -> None:
+        self.w.shutdown()
+
+
+@ray.remote
+class GatewayActor:
+    """Ray shell of :class:`suanwang.runtime.wan.gateway.Gateway`."""
+
+    def __init__(self, center: str, cfg: JobConfig, numel: int, token: str):
+        _setup_logging()
+        from suanwang.runtime.wan.factory import build_gateway
+
+        self.g = build_gateway(center, cfg, numel, token)
+
+    def start(self) -> str:
+        return self.g.start()
+
+    def connect(self, addresses: dict[str, str]) -> dict[str, float]:
+        return self.g.connect(addresses)
+
+    def init(self, params) -> str:
+        return self.g.init(params)
+
+    def contribute(self, round: int, tensor, stats, deadline: float, live: list[str]):
+        return self.g.contribute(round, tensor, stats.samples, deadline, live)
+
+    def commit(self, round: int, participants: list[str]):
+        return self.g.commit(round, participants)
+
+    def skip(self, round: int) -> None:
+        self.g.skip(round)
+
+    def resync_from(self, peer: str, round: int):
+        return self.g.resync_from(peer, round)
+
+    def stats(self) -> dict:
+        return self.g.stats()
+
+    def close(self) -> None:
+        self.g.close()

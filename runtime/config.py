@@ -1,0 +1,316 @@
+"""The launch config: typed, validated at the edge, loaded from YAML.
+
+One small model per component (job, centers, links, strategy, optimizer, codec, model,
+data, train, wan); unknown fields are errors. :func:`load_config` turns every validation
+problem into a :class:`ConfigError` whose lines name the field path (``centers[1].workers``)
+and the reason.
+
+Environment variables override fields: ``SUANWANG__TRAIN__STEPS=50`` sets ``train.steps``;
+list items are addressed by index (``SUANWANG__CENTERS__0__WORKERS=3``). Values are parsed
+as YAML scalars. Every override is logged with its effective value.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pathlib
+import re
+from typing import Annotated, Any, Literal, Mapping, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from suanwang.runtime.compress.spec import CodecConfig
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "SUANWANG__"
+_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+
+
+class ConfigError(ValueError):
+    """A launch config is invalid. ``problems`` holds one ``(path, reason)`` per error."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: invalid config"] + [f"  {path}: {reason}" for path, reason in problems]
+        super().__init__("\n".join(lines))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JobSection(_Section):
+    """Identity of the job and where it writes."""
+
+    name: Annotated[str, Field(pattern=_NAME)] = "suanwang"
+    seed: int = 0
+    output_dir: str = "runs/{name}"
+
+    @property
+    def resolved_output_dir(self) -> pathlib.Path:
+        return pathlib.Path(self.output_dir.format(name=self.name))
+
+
+class CenterConfig(_Section):
+    """One compute center."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    workers: Annotated[int, Field(ge=1, le=4096)]
+    device: Literal["cpu", "cuda", "npu"] = "cpu"
+    # `embedded` puts the center in the driver's local Ray instance; otherwise the
+    # address of that center's own Ray cluster (used by `suanwang center`).
+    ray: str = "embedded"
+
+
+class LinkConfig(_Section):
+    """A WAN link between two centers, as declared (the gateways also measure it)."""
+
+    between: tuple[str, str]
+    bandwidth_mbit: Annotated[float, Field(gt=0)]
+    rtt_ms: Annotated[float, Field(ge=0)] = 0.0
+
+    @field_validator("between")
+    @classmethod
+    def _distinct(cls, v: tuple[str, str]) -> tuple[str, str]:
+        if v[0] == v[1]:
+            raise ValueError(f"a link joins two different centers, got {v[0]!r} twice")
+        return v
+
+
+class SyncStrategy(_Section):
+    """Exchange (reduced) gradients across centers after every inner step."""
+
+    kind: Literal["sync"]
+
+
+class DilocoStrategy(_Section):
+    """DiLoCo: ``inner_steps`` local steps, then an outer step on the mean pseudo-gradient."""
+
+    kind: Literal["diloco"]
+    inner_steps: Annotated[int, Field(ge=1)] = 20
+    outer_lr: Annotated[float, Field(gt=0)] = 0.7
+    outer_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = True
+
+
+StrategyConfig = Annotated[Union[SyncStrategy, DilocoStrategy], Field(discriminator="kind")]
+
+
+class OptimizerConfig(_Section):
+    """The inner optimizer, run by every worker."""
+
+    kind: Literal["adamw", "sgd"] = "adamw"
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class ModelConfig(_Section):
+    """Which model to build and how large."""
+
+    name: Literal["clip"] = "clip"
+    size: Literal["tiny", "small", "base", "1b"] = "tiny"
+
+
+class DataConfig(_Section):
+    """The data set; each center trains only on its own shard."""
+
+    name: Literal["digits"] = "digits"
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    eval_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    eval_batch_size: Annotated[int, Field(ge=2)] = 64
+
+
+class TrainConfig(_Section):
+    """How long to train."""
+
+    steps: Annotated[int, Field(ge=1)] = 200
+    eval_every_rounds: Annotated[int, Field(ge=1)] = 1
+
+
+class WanConfig(_Section):
+    """The WAN plane between gateways."""
+
+    host: str = "127.0.0.1"
+    round_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    chunk_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = 1 * 2**20
+    max_payload_bytes: Annotated[int, Field(ge=1)] = 8 * 2**30
+    # Plaintext gRPC. Only for a single trusted machine (the embedded demo); every run
+    # that uses it says so.
+    insecure: bool = False
+    token: str | None = None
+
+
+class JobConfig(_Section):
+    """A whole launch config."""
+
+    job: JobSection = JobSection()
+    centers: Annotated[list[CenterConfig], Field(min_length=1)]
+    links: list[LinkConfig] = []
+    strategy: StrategyConfig = DilocoStrategy(kind="diloco")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    codec: CodecConfig = CodecConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    wan: WanConfig = WanConfig()
+
+    @model_validator(mode="after")
+    def _topology(self) -> "JobConfig":
+        names = [c.name for c in self.centers]
+        seen: set[str] = set()
+        for i, n in enumerate(names):
+            if n in seen:
+                raise ValueError(f"centers[{i}].name: duplicate center name {n!r}")
+            seen.add(n)
+        pairs: set[frozenset[str]] = set()
+        for i, link in enumerate(self.links):
+            for end in link.between:
+                if end not in seen:
+                    raise ValueError(
+                        f"links[{i}].between: unknown center {end!r}; centers are {names}"
+                    )
+            pair = frozenset(link.between)
+            if pair in pairs:
+                raise ValueError(f"links[{i}].between: a second link between {sorted(pair)}")
+            pairs.add(pair)
+        for a, b in itertools.combinations(names, 2):
+            if frozenset((a, b)) not in pairs:
+                raise ValueError(f"links: no link declared between {a!r} and {b!r}")
+        return self
+
+    @property
+    def inner_steps(self) -> int:
+        return self.strategy.inner_steps if isinstance(self.strategy, DilocoStrategy) else 1
+
+    @property
+    def rounds(self) -> int:
+        return -(-self.train.steps // self.inner_steps)
+
+    def link(self, a: str, b: str) -> LinkConfig:
+        for link in self.links:
+            if set(link.between) == {a, b}:
+                return link
+        raise KeyError(f"no link between {a!r} and {b!r}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("sync", "diloco") and out.endswith("strategy"):
+            continue  # pydantic names the union branch; the user wrote no such key
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _problems(err: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check its spelling)"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            # our model validators already name their own path
+            m = re.match(r"^([\w\[\].]+): (.*)$", msg)
+            if m and not e["loc"]:
+                problems.append((m.group(1), m.group(2)))
+                continue
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e['input']!r})"
+        problems.append((_path(e["loc"]), msg))
+    return problems
+
+
+def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Apply ``SUANWANG__A__B=value`` overrides to ``data`` in place; returns problems."""
+    problems = []
+    for key in sorted(k for k in environ if k.startswith(ENV_PREFIX)):
+        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        value = yaml.safe_load(environ[key])
+        node: Any = data
+        dotted = ""
+        try:
+            for part in parts[:-1]:
+                if isinstance(node, list):
+                    node = node[int(part)]
+                    dotted += f"[{part}]"
+                else:
+                    node = node.setdefault(part, {})
+                    dotted += ("." if dotted else "") + part
+            last = parts[-1]
+            if isinstance(node, list):
+                node[int(last)] = value
+                dotted += f"[{last}]"
+            else:
+                node[last] = value
+                dotted += ("." if dotted else "") + last
+        except (ValueError, IndexError, TypeError, AttributeError):
+            problems.append((".".join(parts), f"{key} does not name a field of this config"))
+            continue
+        log.info("config override %s = %r (from %s)", dotted, value, key)
+    return problems
+
+
+def parse_config(
+    data: Any, source: str = "<config>", environ: Mapping[str, str] | None = None
+) -> JobConfig:
+    """Validate a config given as plain data (as YAML would load it).
+
+    Args:
+        data: the mapping loaded from YAML.
+        source: where it came from, for error messages.
+        environ: environment for ``SUANWANG__`` overrides (default: ``os.environ``).
+
+    Raises:
+        ConfigError: naming each bad field path and the reason.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("(top level)", "a config is a mapping of sections")])
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy, plain types only
+    problems = _env_overrides(data, os.environ if environ is None else environ)
+    if problems:
+        raise ConfigError(source, problems)
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(source, _problems(err)) from None
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> JobConfig:
+    """Load and validate a YAML launch config.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or fails validation.
+    """
+    p = pathlib.Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise ConfigError(str(p), [("(file)", err.strerror or str(err))]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(str(p), [("(yaml)", str(err).replace("\n", " "))]) from None
+    return parse_config(data, str(p), environ)
+
+
+def demo_config_path() -> pathlib.Path:
+    """The packaged demo config (three centers with unequal worker counts)."""
+    import suanwang.launch.configs as configs
+
+    return pathlib.Path(configs.__file__).with_name("demo.yaml")

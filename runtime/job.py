@@ -1,0 +1,211 @@
+"""The public entry point: build a job from a config and the user's callables, run it.
+
+Embedded mode (the default) starts one local Ray instance in which each center is a
+placement group holding its workers and its gateway; gateways talk gRPC over loopback.
+
+Example::
+
+    from suanwang.runtime import Job, JobFunctions, load_config
+
+    job = Job(load_config("demo.yaml"), JobFunctions(model_fn, data_fn, loss_fn, eval_fn))
+    result = job.run()
+    print(result.final_eval_loss, result.wan_bytes)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import time
+from typing import Callable
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from suanwang.runtime import device as devices
+from suanwang.runtime.actors import GatewayActor, WorkerActor
+from suanwang.runtime.config import JobConfig
+from suanwang.runtime.coordinator import CenterHandle, Coordinator
+from suanwang.runtime.faults import Fault
+from suanwang.runtime.functions import JobFunctions
+from suanwang.runtime.results import JobResult, RoundRecord
+from suanwang.runtime.worker import WorkerSpec
+
+log = logging.getLogger(__name__)
+
+_START_TIMEOUT_S = 300.0
+
+
+class Job:
+    """One training job across centers.
+
+    Args:
+        config: the validated launch config.
+        functions: the model, data, loss, eval and optimizer callables.
+        faults: faults to inject (drills and tests).
+        ray_address: join this Ray cluster instead of starting a local one.
+    """
+
+    def __init__(
+        self,
+        config: JobConfig,
+        functions: JobFunctions,
+        faults: tuple[Fault, ...] = (),
+        ray_address: str | None = None,
+    ):
+        for c in config.centers:
+            if c.ray != "embedded":
+                raise ValueError(
+                    f"centers[{c.name}].ray: {c.ray!r}: only embedded centers run from one "
+                    "driver; a multi-cluster job is not supported by this build yet"
+                )
+        self.cfg = config
+        self.fns = functions
+        self.faults = tuple(faults)
+        self.ray_address = ray_address
+        self.token = config.wan.token or secrets.token_urlsafe(24)
+        self._pgs: list = []
+        self._actors: list = []
+        self._started_ray = False
+
+    # ------------------------------------------------------------------ setup
+    def _init_ray(self) -> None:
+        if ray.is_initialized():
+            return
+        need = sum(c.workers + 1 for c in self.cfg.centers)
+        kwargs = dict(
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            namespace=f"suanwang-{self.cfg.job.name}",
+        )
+        if self.ray_address:
+            ray.init(address=self.ray_address, **kwargs)
+        else:
+            # Logical CPUs: every actor gets one bundle even on a 2-core machine; torch in
+            # each worker runs a single thread, so they share the real cores fairly.
+            ray.init(num_cpus=max(need, os.cpu_count() or 1), **kwargs)
+        self._started_ray = True
+
+    def _start_centers(self) -> list[CenterHandle]:
+        cfg = self.cfg
+        handles = []
+        n = len(cfg.centers)
+        for ci, c in enumerate(cfg.centers):
+            extra = devices.ray_resources(c.device)
+            bundles = [{"CPU": 1.0, **extra} for _ in range(c.workers)] + [{"CPU": 1.0}]
+            pg = placement_group(bundles, strategy="PACK", name=f"{cfg.job.name}-{c.name}")
+            self._pgs.append(pg)
+            ray.get(pg.ready(), timeout=_START_TIMEOUT_S)
+            workers = []
+            for rank in range(c.workers):
+                spec = WorkerSpec(c.name, ci, n, rank, c.workers, c.device)
+                w = WorkerActor.options(
+                    num_cpus=1,
+                    resources=extra or None,
+                    name=f"{c.name}-worker-{rank}",
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank),
+                ).remote(spec, cfg, self.fns, self.faults)
+                workers.append(w)
+            self._actors += workers
+            handles.append(CenterHandle(c.name, workers, None))
+            handles[-1]._pg = pg
+        numel = ray.get(handles[0].leader.numel.remote(), timeout=_START_TIMEOUT_S)
+        for h in handles:
+            h.gateway = GatewayActor.options(
+                num_cpus=1,
+                name=f"{h.name}-gateway",
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    h._pg, placement_group_bundle_index=len(h.workers)
+                ),
+            ).remote(h.name, cfg, numel, self.token)
+            self._actors.append(h.gateway)
+        # intra-center groups: rank 0 hosts the rendezvous store
+        for h in handles:
+            host = ray.get(h.leader.node_ip.remote(), timeout=_START_TIMEOUT_S)
+            port = ray.get(h.leader.create_store.remote(host), timeout=_START_TIMEOUT_S)
+            h._group = [w.init_group.remote(host, port) for w in h.workers]
+        ray.get([r for h in handles for r in h._group], timeout=_START_TIMEOUT_S)
+        # gateways: listen, then connect to each other
+        addrs = dict(zip([h.name for h in handles], ray.get([h.gateway.start.remote() for h in handles])))
+        ray.get([h.gateway.connect.remote(addrs) for h in handles], timeout=_START_TIMEOUT_S)
+        if cfg.wan.insecure:
+            log.warning("INSECURE: gateways speak plaintext gRPC (wan.insecure: true)")
+        # every center starts from the same parameters, checked by digest
+        digests = ray.get(
+            [h.gateway.init.remote(h.leader.params_vector.remote()) for h in handles],
+            timeout=_START_TIMEOUT_S,
+        )
+        if len(set(digests)) != 1:
+            raise RuntimeError(
+                "centers built different initial parameters from the same seed; "
+                "model_fn must be deterministic under torch.manual_seed"
+            )
+        return handles
+
+    def _teardown(self) -> None:
+        for a in self._actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - best effort: the actor may be gone already
+                pass
+        self._actors.clear()
+        for pg in self._pgs:
+            try:
+                remove_placement_group(pg)
+            except Exception:  # noqa: BLE001
+                pass
+        self._pgs.clear()
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    # ------------------------------------------------------------------ run
+    def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> JobResult:
+        """Train to ``train.steps`` inner steps per center; always releases every actor,
+        placement group and (if it started it) the local Ray instance, also on Ctrl+C.
+
+        Raises:
+            RuntimeError: no center can complete a round, or the centers disagree on
+                their initial parameters.
+        """
+        t0 = time.perf_counter()
+        self._init_ray()
+        try:
+            handles = self._start_centers()
+            initial = ray.get(handles[0].leader.evaluate.remote())
+            coord = Coordinator(self.cfg, handles, on_round)
+            coord.run(self.cfg.rounds, self.cfg.train.eval_every_rounds)
+            for h in handles:
+                if h.state == "live":
+                    try:
+                        ray.get(h.gateway.close.remote(), timeout=30)
+                    except Exception as err:  # noqa: BLE001 - closing is best effort
+                        log.warning("%s: gateway close failed: %s", h.name, err)
+        finally:
+            self._teardown()
+        last_eval = next((h.eval_loss for h in reversed(coord.history) if h.eval_loss is not None), math.nan)
+        links = {}
+        for key, nbytes in sorted(coord.link_bytes.items()):
+            a, b = key.split("<->")
+            link = self.cfg.link(a, b)
+            links[key] = {"bytes": nbytes, "bandwidth_mbit": link.bandwidth_mbit, "rtt_ms": link.rtt_ms}
+        return JobResult(
+            job=self.cfg.job.name,
+            strategy=self.cfg.strategy.kind,
+            codec=self.cfg.codec.kind,
+            centers=coord.totals,
+            links=links,
+            wan_bytes=coord.wan_bytes,
+            rounds=len(coord.history),
+            wall_s=time.perf_counter() - t0,
+            initial_eval_loss=initial,
+            final_eval_loss=last_eval,
+            params_agree=coord.params_agree,
+            history=coord.history,
+            events=coord.events,
+            insecure=self.cfg.wan.insecure,
+        )

@@ -1,0 +1,72 @@
+"""What a job reports: per-round records and the final result, JSON-ready."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any
+
+
+@dataclasses.dataclass
+class CenterTotals:
+    """Running totals of one center."""
+
+    workers: int
+    samples: int = 0
+    steps: int = 0
+    compute_s: float = 0.0
+    wait_s: float = 0.0
+    wan_bytes_sent: int = 0
+
+
+@dataclasses.dataclass
+class RoundRecord:
+    """One completed round."""
+
+    round: int
+    time_s: float
+    round_s: float
+    participants: list[str]
+    excluded: dict[str, str]
+    eval_loss: float | None
+    wan_bytes: int
+    centers: dict[str, dict[str, Any]]
+
+
+@dataclasses.dataclass
+class JobResult:
+    """The outcome of a job (what ``suanwang run --json`` writes)."""
+
+    job: str
+    strategy: str
+    codec: str
+    centers: dict[str, CenterTotals]
+    links: dict[str, dict[str, Any]]
+    wan_bytes: int
+    rounds: int
+    wall_s: float
+    initial_eval_loss: float
+    final_eval_loss: float
+    params_agree: bool
+    history: list[RoundRecord]
+    events: list[str]
+    insecure: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(x):
+            if isinstance(x, float) and not math.isfinite(x):
+                return None
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, list):
+                return [clean(v) for v in x]
+            return x
+
+        return clean(dataclasses.asdict(self))
+
+    def write_json(self, path: str | pathlib.Path) -> None:
+        p = pathlib.Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -1,0 +1,65 @@
+"""How inner steps and WAN rounds interleave.
+
+A strategy has two halves. The worker half runs inside every worker of a center: it does
+the local work of a round, says what the center contributes (a pseudo-gradient, a gradient)
+and applies what the round produced. The center half runs in the gateway: it turns the
+cross-center mean into what is broadcast back (DiLoCo's outer step; identity for ``sync``)
+and holds the state a rejoining center fetches.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from suanwang.runtime.worker import Worker
+
+
+@dataclasses.dataclass
+class LocalStats:
+    """What a center's workers did in one round (already summed over the center)."""
+
+    steps: int
+    samples: int
+    loss: float
+    compute_s: float
+
+
+class WorkerStrategy(abc.ABC):
+    """The worker half of a strategy."""
+
+    @abc.abstractmethod
+    def local_work(self, worker: "Worker", round: int) -> LocalStats:
+        """Do this round's computation (inner steps and intra-center all-reduces)."""
+
+    @abc.abstractmethod
+    def contribution(self, worker: "Worker") -> torch.Tensor:
+        """The flat fp32 tensor this center sends (read on the center's leader)."""
+
+    @abc.abstractmethod
+    def apply(self, worker: "Worker", result: torch.Tensor) -> None:
+        """Apply the round's broadcast result to this worker's replica."""
+
+
+class CenterStrategy(abc.ABC):
+    """The gateway half of a strategy."""
+
+    @abc.abstractmethod
+    def init(self, params: torch.Tensor) -> None:
+        """Start from the job's initial parameters (identical in every center)."""
+
+    @abc.abstractmethod
+    def post(self, mean: torch.Tensor) -> torch.Tensor:
+        """Turn the cross-center mean into the tensor broadcast to this center's workers."""
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, torch.Tensor]:
+        """State that a rejoining center copies (must make it bit-identical to this one)."""
+
+    @abc.abstractmethod
+    def load_state(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Adopt a peer's state; returns the tensor to broadcast to the workers."""

@@ -1,0 +1,53 @@
+"""DiLoCo: H inner steps, then an outer step on the sample-weighted mean pseudo-gradient.
+
+The global parameters and the outer momentum live on the gateway (CPU, fp32), so device
+memory holds only the replica and its inner optimizer state.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from suanwang.runtime.outer import OuterSGD
+from suanwang.runtime.strategies.base import CenterStrategy, LocalStats, WorkerStrategy
+
+
+class DilocoWorker(WorkerStrategy):
+    def __init__(self, inner_steps: int):
+        self.inner_steps = inner_steps
+
+    def local_work(self, worker, round: int) -> LocalStats:
+        return worker.train_steps(self.inner_steps)
+
+    def contribution(self, worker) -> torch.Tensor:
+        # pseudo-gradient: where the round started minus where the inner steps led
+        return worker.round_start - worker.params_vector()
+
+    def apply(self, worker, result: torch.Tensor) -> None:
+        worker.load_params_vector(result)
+
+
+class DilocoCenter(CenterStrategy):
+    def __init__(self, outer_lr: float, outer_momentum: float, nesterov: bool):
+        self.opt = OuterSGD(outer_lr, outer_momentum, nesterov)
+        self.params: torch.Tensor | None = None
+
+    def init(self, params: torch.Tensor) -> None:
+        self.params = params.detach().to(torch.float32).clone()
+
+    def post(self, mean: torch.Tensor) -> torch.Tensor:
+        assert self.params is not None, "DilocoCenter.init was not called"
+        self.opt.step(self.params, mean)
+        return self.params.clone()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        assert self.params is not None
+        out = {"params": self.params}
+        if self.opt.buf is not None:
+            out["momentum"] = self.opt.buf
+        return out
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.params = state["params"].clone()
+        self.opt.load_state_dict({"buf": state.get("momentum")})
+        return self.params.clone()

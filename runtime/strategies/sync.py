@@ -1,0 +1,45 @@
+"""``sync``: every step, the centers' gradients are averaged across the WAN.
+
+Hierarchical: the workers of a center all-reduce first (fast links), then only gateways
+exchange. Each worker applies the global mean gradient with its own (inner) optimizer, so
+replicas stay identical.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from suanwang.runtime.strategies.base import CenterStrategy, LocalStats, WorkerStrategy
+
+
+class SyncWorker(WorkerStrategy):
+    def local_work(self, worker, round: int) -> LocalStats:
+        return worker.accumulate_gradient()
+
+    def contribution(self, worker) -> torch.Tensor:
+        return worker.gradient_vector()
+
+    def apply(self, worker, result: torch.Tensor) -> None:
+        worker.step_with_gradient(result)
+
+
+class SyncCenter(CenterStrategy):
+    """Nothing to add: the mean gradient is what the workers need."""
+
+    def __init__(self) -> None:
+        self.params: torch.Tensor | None = None
+
+    def init(self, params: torch.Tensor) -> None:
+        self.params = params
+
+    def post(self, mean: torch.Tensor) -> torch.Tensor:
+        return mean
+
+    def state(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(
+            "strategy sync keeps no center state on the gateway; a center that misses a "
+            "round is dropped for the rest of the job"
+        )
+
+    def load_state(self, state):
+        raise NotImplementedError("strategy sync cannot resynchronise a center")

@@ -1,0 +1,39 @@
+"""Builds a center's gateway from the launch config."""
+
+from __future__ import annotations
+
+import logging
+
+from suanwang.runtime.config import JobConfig
+from suanwang.runtime.strategies import center_strategy
+from suanwang.runtime.wan.gateway import Gateway
+from suanwang.runtime.wan.transport import GrpcTransport, Identity
+
+log = logging.getLogger(__name__)
+
+
+def build_gateway(center: str, cfg: JobConfig, numel: int, token: str) -> Gateway:
+    """The gateway of ``center`` for the job ``cfg`` with a ``numel``-element contribution.
+
+    Raises:
+        ValueError: the config asks for TLS, which this build cannot set up yet.
+    """
+    if not cfg.wan.insecure:
+        raise ValueError(
+            "wan.insecure is false but TLS certificates are not supported by this build yet; "
+            "set wan.insecure: true on a trusted network"
+        )
+    peers = [c.name for c in cfg.centers if c.name != center]
+    identity = Identity(cfg.job.name, center, token, frozenset(peers))
+    transport = GrpcTransport(identity, host=cfg.wan.host, chunk_bytes=cfg.wan.chunk_bytes)
+    return Gateway(
+        center=center,
+        peers=peers,
+        transport=transport,
+        codec=cfg.codec.build(),
+        strategy=center_strategy(cfg),
+        numel=numel,
+        job_id=cfg.job.name,
+        chunk_bytes=cfg.wan.chunk_bytes,
+        max_payload_bytes=cfg.wan.max_payload_bytes,
+    )

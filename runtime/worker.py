@@ -1,0 +1,199 @@
+"""A worker: one device, one model replica, one data shard, one rank of its center's group.
+
+Plain class; :mod:`suanwang.runtime.actors` wraps it in a Ray actor. Inside a center the
+workers form a ``torch.distributed`` group (gloo / nccl / hccl by device kind) and
+all-reduce gradients every inner step; nothing here crosses the WAN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import time
+
+import torch
+import torch.distributed as dist
+
+from suanwang.runtime import device as devices
+from suanwang.runtime.config import JobConfig
+from suanwang.runtime.faults import Fault, fire
+from suanwang.runtime.flat import digest, flatten, unflatten_into
+from suanwang.runtime.functions import DataShard, JobFunctions, batch_samples, batch_to
+from suanwang.runtime.strategies import LocalStats, worker_strategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    """Where a worker sits."""
+
+    center: str
+    center_index: int
+    num_centers: int
+    rank: int
+    world_size: int
+    device: devices.DeviceKind = "cpu"
+    threads: int = 1
+
+
+def default_optimizer(cfg: JobConfig, params) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.kind == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+class Worker:
+    """One rank of a center.
+
+    Args:
+        spec: center, rank and device.
+        cfg: the job's config.
+        fns: the user's model/data/loss/eval/optimizer callables.
+        faults: injected faults (tests and drills).
+    """
+
+    def __init__(self, spec: WorkerSpec, cfg: JobConfig, fns: JobFunctions, faults: tuple[Fault, ...] = ()):
+        self.spec = spec
+        self.cfg = cfg
+        self.fns = fns
+        self.faults = faults
+        torch.set_num_threads(spec.threads)
+        self.device = devices.torch_device(spec.device, spec.rank)
+        # Same seed everywhere: every replica of every center starts bit-identical.
+        torch.manual_seed(cfg.job.seed)
+        self.model = fns.model_fn().to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.numel = sum(p.numel() for p in self.params)
+        opt_fn = fns.optimizer_fn or (lambda ps: default_optimizer(cfg, ps))
+        self.optimizer = opt_fn(self.params)
+        self.data = fns.data_fn(
+            DataShard(spec.center, spec.center_index, spec.num_centers, spec.rank, spec.world_size, cfg.job.seed)
+        )
+        self.strategy = worker_strategy(cfg)
+        # grads (weighted by local samples), then [samples, loss * samples]
+        self._buf = torch.zeros(self.numel + 2, dtype=torch.float32, device=self.device)
+        self.round_start = self.params_vector()
+        self._store = None
+        self._group_ready = False
+
+    # ------------------------------------------------------------ intra-center group
+    def create_store(self, host: str) -> int:
+        """On rank 0: start the center's rendezvous store; returns its port."""
+        self._store = dist.TCPStore(
+            host, 0, self.spec.world_size, is_master=True, wait_for_workers=False,
+            timeout=datetime.timedelta(seconds=120),
+        )
+        return self._store.port
+
+    def init_group(self, host: str, port: int) -> None:
+        """Join the center's process group (a group of one needs no collective)."""
+        if self.spec.world_size == 1:
+            return
+        if self._store is None:
+            self._store = dist.TCPStore(
+                host, port, self.spec.world_size, is_master=False,
+                timeout=datetime.timedelta(seconds=120),
+            )
+        dist.init_process_group(
+            devices.backend_for(self.spec.device),
+            store=self._store,
+            rank=self.spec.rank,
+            world_size=self.spec.world_size,
+            timeout=datetime.timedelta(seconds=self.cfg.wan.round_timeout_s * 2),
+        )
+        self._group_ready = True
+
+    def shutdown(self) -> None:
+        if self._group_ready:
+            dist.destroy_process_group()
+            self._group_ready = False
+
+    # ------------------------------------------------------------ local computation
+    def _forward_backward(self) -> tuple[int, float]:
+        batch = batch_to(next(self.data), self.device)
+        n = batch_samples(batch)
+        self.optimizer.zero_grad(set_to_none=False)
+        loss = self.fns.loss_fn(self.model, batch)
+        loss.backward()
+        return n, float(loss.detach())
+
+    def _reduce_in_center(self, n: int, loss: float) -> tuple[int, float]:
+        """Sample-weighted mean of gradients over the center's workers, in place."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        buf = self._buf
+        flatten(grads, out=buf[: self.numel])
+        buf[: self.numel].mul_(n)
+        buf[self.numel] = n
+        buf[self.numel + 1] = loss * n
+        if self._group_ready:
+            dist.all_reduce(buf)
+        total = float(buf[self.numel])
+        buf[: self.numel].div_(total)
+        return int(round(total)), float(buf[self.numel + 1]) / total
+
+    def train_steps(self, steps: int) -> LocalStats:
+        """``steps`` inner steps: forward, backward, intra-center all-reduce, optimizer step."""
+        t0 = time.perf_counter()
+        samples, loss_sum = 0, 0.0
+        for _ in range(steps):
+            n, loss = self._forward_backward()
+            total, mean_loss = self._reduce_in_center(n, loss)
+            unflatten_into(self._buf[: self.numel], [p.grad for p in self.params])
+            self.optimizer.step()
+            samples += total
+            loss_sum += mean_loss
+        return LocalStats(steps, samples, loss_sum / max(steps, 1), time.perf_counter() - t0)
+
+    def accumulate_gradient(self) -> LocalStats:
+        """One forward/backward and intra-center all-reduce, without an optimizer step."""
+        t0 = time.perf_counter()
+        n, loss = self._forward_backward()
+        total, mean_loss = self._reduce_in_center(n, loss)
+        return LocalStats(1, total, mean_loss, time.perf_counter() - t0)
+
+    def gradient_vector(self) -> torch.Tensor:
+        return self._buf[: self.numel].cpu().clone()
+
+    def step_with_gradient(self, grad: torch.Tensor) -> None:
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        unflatten_into(grad.to(self.device), [p.grad for p in self.params])
+        self.optimizer.step()
+
+    # ------------------------------------------------------------ parameters
+    def params_vector(self) -> torch.Tensor:
+        return flatten(self.params)
+
+    def load_params_vector(self, flat: torch.Tensor) -> None:
+        unflatten_into(flat.to(self.device), self.params)
+        self.round_start = flat.detach().to(torch.float32).cpu().clone()
+
+    def params_digest(self) -> str:
+        return digest(self.params_vector())
+
+    # ------------------------------------------------------------ the round, as the coordinator drives it
+    def local_work(self, round: int) -> LocalStats:
+        fire(self.faults, self.spec.center, round, self.spec.rank)
+        return self.strategy.local_work(self, round)
+
+    def contribution(self) -> torch.Tensor:
+        return self.strategy.contribution(self)
+
+    def apply(self, result: torch.Tensor) -> str:
+        """Apply a round's result; returns the digest of the parameters now held."""
+        self.strategy.apply(self, result)
+        return self.params_digest()
+
+    def evaluate(self) -> float:
+        if self.fns.eval_fn is None:
+            return float("nan")
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return float(self.fns.eval_fn(self.model))
+        finally:
+            self.model.train()
