@@ -179,6 +179,8 @@ class Job:
             initial = ray.get(handles[0].leader.evaluate.remote())
             coord = Coordinator(self.cfg, handles, on_round)
             coord.run(self.cfg.rounds, self.cfg.train.eval_every_rounds)
+            live = [h for h in handles if h.state == "live"]
+            final_params = ray.get(live[0].leader.params_vector.remote()) if live else None
             for h in handles:
                 if h.state == "live":
                     try:
@@ -208,4 +210,5 @@ class Job:
             history=coord.history,
             events=coord.events,
             insecure=self.cfg.wan.insecure,
+            final_params=final_params,
         )

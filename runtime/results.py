@@ -53,6 +53,8 @@ class JobResult:
     history: list[RoundRecord]
     events: list[str]
     insecure: bool
+    # The parameters every center ended with (not written to JSON).
+    final_params: Any = dataclasses.field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         def clean(x):
@@ -64,7 +66,9 @@ class JobResult:
                 return [clean(v) for v in x]
             return x
 
-        return clean(dataclasses.asdict(self))
+        d = dataclasses.asdict(dataclasses.replace(self, final_params=None))
+        del d["final_params"]
+        return clean(d)
 
     def write_json(self, path: str | pathlib.Path) -> None:
         p = pathlib.Path(path)

@@ -1,0 +1,113 @@
+"""Launch config validation: good files load, bad ones name the field and the reason."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from suanwang.runtime.config import ConfigError, demo_config_path, load_config, parse_config
+
+
+def demo_data() -> dict:
+    return yaml.safe_load(demo_config_path().read_text())
+
+
+def problems(data, environ=None) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "t.yaml", environ or {})
+    return dict(info.value.problems)
+
+
+def test_demo_loads_with_three_unequal_centers():
+    cfg = load_config(demo_config_path(), environ={})
+    assert [c.name for c in cfg.centers] == ["shenzhen", "wuhan", "xian"]
+    assert len({c.workers for c in cfg.centers}) > 1
+    assert cfg.strategy.kind == "diloco"
+    assert cfg.rounds == -(-cfg.train.steps // cfg.strategy.inner_steps)
+
+
+def test_misspelled_field_is_named():
+    d = demo_data()
+    d["strategy"]["inner_step"] = d["strategy"].pop("inner_steps")
+    d["centers"][1]["devcie"] = "cpu"
+    p = problems(d)
+    assert p["strategy.inner_step"].startswith("unknown field")
+    assert p["centers[1].devcie"].startswith("unknown field")
+
+
+@pytest.mark.parametrize(
+    "edit, path, fragment",
+    [
+        (lambda d: d["centers"][0].update(workers=0), "centers[0].workers", "greater than or equal to 1"),
+        (lambda d: d["centers"][2].update(device="tpu"), "centers[2].device", "'cpu', 'cuda' or 'npu'"),
+        (lambda d: d["strategy"].update(kind="gossip"), "strategy", "sync"),
+        (lambda d: d["strategy"].update(outer_momentum=1.5), "strategy.outer_momentum", "less than 1"),
+        (lambda d: d["links"][0].update(bandwidth_mbit=-1), "links[0].bandwidth_mbit", "greater than 0"),
+        (lambda d: d["links"][0].update(between=["shenzhen", "lhasa"]), "links[0].between", "unknown center 'lhasa'"),
+        (lambda d: d["links"][0].update(between=["xian", "xian"]), "links[0].between", "two different centers"),
+        (lambda d: d["links"].pop(2), "links", "no link declared between 'wuhan' and 'xian'"),
+        (lambda d: d["centers"][1].update(name="shenzhen"), "centers[1].name", "duplicate"),
+        (lambda d: d["codec"].update(kind="gzip"), "codec.kind", "gzip"),
+    ],
+)
+def test_bad_values_name_path_and_reason(edit, path, fragment):
+    d = demo_data()
+    edit(d)
+    p = problems(d)
+    assert path in p, p
+    assert fragment in p[path], p
+
+
+def test_env_override_sets_field_and_logs(caplog):
+    with caplog.at_level(logging.INFO, logger="suanwang.runtime.config"):
+        cfg = parse_config(demo_data(), "t", {"SUANWANG__TRAIN__STEPS": "40", "SUANWANG__CENTERS__1__WORKERS": "3"})
+    assert cfg.train.steps == 40
+    assert cfg.centers[1].workers == 3
+    assert "train.steps = 40 (from SUANWANG__TRAIN__STEPS)" in caplog.text
+    assert "centers[1].workers = 3" in caplog.text
+
+
+def test_env_override_of_unknown_field_is_an_error():
+    p = problems(demo_data(), {"SUANWANG__TRAIN__STESP": "40"})
+    assert "train.stesp" in p
+
+
+def test_env_override_value_is_validated():
+    p = problems(demo_data(), {"SUANWANG__STRATEGY__INNER_STEPS": "zero"})
+    assert "strategy.inner_steps" in p
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("centers: [\n")
+    with pytest.raises(ConfigError, match=r"\(yaml\)"):
+        load_config(bad)
+
+
+def test_cli_plan_rejects_misspelled_field_without_traceback(tmp_path):
+    d = demo_data()
+    d["train"]["stpes"] = 10
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(d))
+    out = subprocess.run(
+        [sys.executable, "-m", "suanwang.launch.cli", "plan", str(f)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2
+    assert "train.stpes: unknown field" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_plan_prints_resolved_config_and_prediction():
+    out = subprocess.run(
+        [sys.executable, "-m", "suanwang.launch.cli", "plan"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    resolved = yaml.safe_load(out.stdout.split("\n# prediction")[0])
+    assert resolved["strategy"]["inner_steps"] == 10
+    assert "MB on the WAN per round" in out.stdout
