@@ -1,0 +1,153 @@
+"""Whole jobs on a local Ray instance: the demo, strategy equivalence, late centers, Ctrl+C."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import ray
+import torch
+import yaml
+
+from suanwang.launch.demo import demo_functions
+from suanwang.runtime import Fault, Job, parse_config
+from suanwang.runtime.config import demo_config_path
+
+pytestmark = pytest.mark.slow
+
+
+def _descendants() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def _assert_gone(procs: list[psutil.Process], timeout: float = 30.0) -> None:
+    gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=8, include_dashboard=False, logging_level=logging.WARNING, namespace="suanwang-tests")
+    yield
+    procs = _descendants()
+    ray.shutdown()
+    _assert_gone(procs)
+
+
+def small_config(**over) -> dict:
+    d = yaml.safe_load(demo_config_path().read_text())
+    d["centers"] = [
+        {"name": "shenzhen", "workers": 2},
+        {"name": "wuhan", "workers": 1},
+        {"name": "xian", "workers": 1},
+    ]
+    d["train"] = {"steps": 6}
+    d["wan"] = {"insecure": True, "round_timeout_s": 60}
+    for k, v in over.items():
+        d[k] = v
+    return d
+
+
+def test_demo_cli_trains_agrees_counts_bytes_and_leaves_nothing(tmp_path):
+    out = tmp_path / "out.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUANWANG__")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "suanwang.launch.cli", "run", "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )
+    seen = []
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if not seen:
+                seen = psutil.Process(proc.pid).children(recursive=True)
+        assert proc.wait(timeout=600) == 0, "".join(lines[-40:])
+    finally:
+        proc.kill()
+    text = "".join(lines)
+    assert "round 1 eval" in text and "parameters agree: True" in text
+    res = json.loads(out.read_text())
+    assert res["params_agree"] is True
+    assert res["final_eval_loss"] < 0.6 * res["initial_eval_loss"], (res["initial_eval_loss"], res["final_eval_loss"])
+    assert set(res["centers"]) == {"shenzhen", "wuhan", "xian"}
+    for c in res["centers"].values():
+        assert c["samples"] > 0 and c["compute_s"] > 0 and c["wait_s"] >= 0
+    assert res["wan_bytes"] == sum(link["bytes"] for link in res["links"].values()) > 0
+    assert len(res["history"]) == res["rounds"] == 20
+    cum = [h["wan_bytes"] for h in res["history"]]
+    assert cum == sorted(cum) and cum[-1] == res["wan_bytes"]
+    assert all(h["eval_loss"] is not None for h in res["history"])
+    _assert_gone(seen)
+
+
+def test_diloco_with_h1_and_plain_outer_sgd_matches_sync(local_ray):
+    common = dict(optimizer={"kind": "sgd", "lr": 0.05})
+    sync_cfg = parse_config(small_config(strategy={"kind": "sync"}, **common), environ={})
+    dil_cfg = parse_config(
+        small_config(strategy={"kind": "diloco", "inner_steps": 1, "outer_lr": 1.0, "outer_momentum": 0.0, "nesterov": False}, **common),
+        environ={},
+    )
+    a = Job(sync_cfg, demo_functions(sync_cfg)).run()
+    b = Job(dil_cfg, demo_functions(dil_cfg)).run()
+    assert a.params_agree and b.params_agree
+    assert a.rounds == b.rounds == 6
+    moved = (a.final_params - b.final_params).abs().max()
+    assert moved < 1e-5, moved
+    # and training did move the parameters (the comparison is not between two no-ops)
+    cfg0 = parse_config(small_config(), environ={})
+    torch.manual_seed(cfg0.job.seed)
+    init = torch.cat([p.detach().reshape(-1) for p in demo_functions(cfg0).model_fn().parameters()])
+    assert (a.final_params - init).abs().max() > 1e-3
+
+
+def test_late_center_is_left_out_then_rejoins(local_ray):
+    cfg = parse_config(
+        small_config(
+            strategy={"kind": "diloco", "inner_steps": 2, "outer_lr": 0.7, "outer_momentum": 0.9},
+            train={"steps": 10},
+            wan={"insecure": True, "round_timeout_s": 6},
+        ),
+        environ={},
+    )
+    t0 = time.perf_counter()
+    res = Job(cfg, demo_functions(cfg), faults=(Fault("xian", 1, "delay", 12.0),)).run()
+    assert res.rounds == 5
+    h = res.history
+    assert h[0].participants == ["shenzhen", "wuhan", "xian"]
+    assert "xian" in h[1].excluded and "deadline" in h[1].excluded["xian"]
+    assert h[1].participants == ["shenzhen", "wuhan"]
+    assert h[-1].participants == ["shenzhen", "wuhan", "xian"], [r.participants for r in h]
+    assert any("xian: rejoined" in e for e in res.events), res.events
+    assert res.params_agree
+    assert time.perf_counter() - t0 < 120
+
+
+def test_ctrl_c_stops_the_whole_job(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUANWANG__")}
+    env["SUANWANG__TRAIN__STEPS"] = "100000"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "suanwang.launch.cli", "run"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )
+    procs = []
+    try:
+        for line in proc.stdout:
+            if "round 2" in line:
+                break
+        procs = psutil.Process(proc.pid).children(recursive=True)
+        assert any("raylet" in " ".join(p.cmdline()) for p in procs)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest
+    _assert_gone(procs, timeout=60)
