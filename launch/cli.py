@@ -123,6 +123,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ certs
+def cmd_certs(args: argparse.Namespace) -> int:
+    from suanwang.runtime.wan.tls import make_dev_ca
+
+    cfg = _load(args.config)
+    files = make_dev_ca(args.out, [c.name for c in cfg.centers], days=args.days)
+    for name in sorted(files):
+        print(f"wrote {files[name]}")
+    out = args.out.rstrip("/")
+    print(
+        "\n# development certificates only; put this in the launch config:\n"
+        f"wan:\n  insecure: false\n  tls: {{ca: {out}/ca.pem, cert: '{out}/{{center}}.pem', "
+        f"key: '{out}/{{center}}.key'}}"
+    )
+    return 0
+
+
 # ------------------------------------------------------------------ bench
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
@@ -146,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="validate a config, print it resolved, predict WAN cost")
     plan.add_argument("config", nargs="?", help="launch config (YAML); default: the packaged demo")
     plan.set_defaults(func=cmd_plan)
+    certs = sub.add_parser("certs", help="make a development CA and a certificate per center")
+    certs.add_argument("config", nargs="?", help="launch config (YAML); default: the packaged demo")
+    certs.add_argument("--out", required=True, help="directory to write PEM files into")
+    certs.add_argument("--days", type=int, default=30, help="validity in days")
+    certs.set_defaults(func=cmd_certs)
     bench = sub.add_parser("bench", help="run a benchmark: codecs")
     bench.add_argument("which", help="benchmark name, e.g. codecs")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")

@@ -134,6 +134,15 @@ class TrainConfig(_Section):
     eval_every_rounds: Annotated[int, Field(ge=1)] = 1
 
 
+class TlsConfig(_Section):
+    """Mutual TLS files; ``{center}`` in a path becomes each center's name. Relative paths
+    resolve against the working directory of the process that starts the gateway."""
+
+    ca: str
+    cert: str = "{center}.pem"
+    key: str = "{center}.key"
+
+
 class WanConfig(_Section):
     """The WAN plane between gateways."""
 
@@ -144,7 +153,17 @@ class WanConfig(_Section):
     # Plaintext gRPC. Only for a single trusted machine (the embedded demo); every run
     # that uses it says so.
     insecure: bool = False
+    tls: TlsConfig | None = None
     token: str | None = None
+
+    @model_validator(mode="after")
+    def _secure_or_said_so(self) -> "WanConfig":
+        if not self.insecure and self.tls is None:
+            raise ValueError(
+                "tls: required unless insecure is true (make development certificates "
+                "with `suanwang certs CONFIG --out DIR`)"
+            )
+        return self
 
 
 class JobConfig(_Section):
@@ -159,7 +178,7 @@ class JobConfig(_Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
-    wan: WanConfig = WanConfig()
+    wan: WanConfig
 
     @model_validator(mode="after")
     def _topology(self) -> "JobConfig":
@@ -223,10 +242,12 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
             msg = "unknown field (check its spelling)"
         elif e["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
-            # our model validators already name their own path
+            # our model validators name the path below the model they validate
             m = re.match(r"^([\w\[\].]+): (.*)$", msg)
-            if m and not e["loc"]:
-                problems.append((m.group(1), m.group(2)))
+            if m:
+                base = _path(e["loc"]) if e["loc"] else ""
+                sub = m.group(1)
+                problems.append((f"{base}.{sub}" if base and not sub.startswith("[") else base + sub, m.group(2)))
                 continue
         elif e["type"] == "literal_error":
             msg = f"{msg} (got {e['input']!r})"

@@ -7,6 +7,7 @@ import logging
 from suanwang.runtime.config import JobConfig
 from suanwang.runtime.strategies import center_strategy
 from suanwang.runtime.wan.gateway import Gateway
+from suanwang.runtime.wan.tls import TlsFiles
 from suanwang.runtime.wan.transport import GrpcTransport, Identity
 
 log = logging.getLogger(__name__)
@@ -16,16 +17,16 @@ def build_gateway(center: str, cfg: JobConfig, numel: int, token: str) -> Gatewa
     """The gateway of ``center`` for the job ``cfg`` with a ``numel``-element contribution.
 
     Raises:
-        ValueError: the config asks for TLS, which this build cannot set up yet.
+        ValueError: a TLS file is missing or unreadable (naming the config field).
     """
+    tls = None
     if not cfg.wan.insecure:
-        raise ValueError(
-            "wan.insecure is false but TLS certificates are not supported by this build yet; "
-            "set wan.insecure: true on a trusted network"
-        )
+        t = cfg.wan.tls
+        assert t is not None  # the config validator guarantees it
+        tls = TlsFiles.load(t.ca.format(center=center), t.cert.format(center=center), t.key.format(center=center))
     peers = [c.name for c in cfg.centers if c.name != center]
     identity = Identity(cfg.job.name, center, token, frozenset(peers))
-    transport = GrpcTransport(identity, host=cfg.wan.host, chunk_bytes=cfg.wan.chunk_bytes)
+    transport = GrpcTransport(identity, host=cfg.wan.host, chunk_bytes=cfg.wan.chunk_bytes, tls=tls)
     return Gateway(
         center=center,
         peers=peers,

@@ -33,6 +33,7 @@ import grpc
 
 from suanwang.runtime.compress import Encoded, PayloadError
 from suanwang.runtime.wan.payload import Assembler, Expectation, Meta, to_chunks
+from suanwang.runtime.wan.tls import TlsFiles, peer_names
 from suanwang.v1 import wan_pb2, wan_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,11 @@ class _Servicer(wan_pb2_grpc.GatewayServicer):
             reason = "bad job token"
         elif md.get(MD_CENTER) not in ident.peers:
             reason = f"center {md.get(MD_CENTER)!r} is not a peer of this job"
+        elif self.t.tls is not None and md.get(MD_CENTER) not in peer_names(context, common_name_only=True):
+            reason = (
+                f"claims to be {md.get(MD_CENTER)!r} but its certificate names "
+                f"{sorted(peer_names(context, common_name_only=True)) or 'nobody'}"
+            )
         if reason is not None:
             msg = f"{ident.center}: refused a call from {context.peer()}: {reason}"
             log.warning(msg)
@@ -180,7 +186,7 @@ class GrpcTransport:
         host: interface to listen on (``127.0.0.1`` embedded).
         port: port to listen on (0: any free port).
         chunk_bytes: chunk size for streamed payloads.
-        server_credentials / channel_credentials: TLS; ``None`` means plaintext.
+        tls: CA, certificate and key for mutual TLS; ``None`` means plaintext.
     """
 
     def __init__(
@@ -189,15 +195,13 @@ class GrpcTransport:
         host: str = "127.0.0.1",
         port: int = 0,
         chunk_bytes: int = 2**20,
-        server_credentials: grpc.ServerCredentials | None = None,
-        channel_credentials: grpc.ChannelCredentials | None = None,
+        tls: TlsFiles | None = None,
     ):
         self.identity = identity
         self.host = host
         self.port = port
         self.chunk_bytes = chunk_bytes
-        self._server_creds = server_credentials
-        self._channel_creds = channel_credentials
+        self.tls = tls
         self.inbound: Inbound | None = None
         self.stats = TransportStats()
         self._lock = threading.Lock()
@@ -243,8 +247,8 @@ class GrpcTransport:
         self._server = grpc.aio.server(options=server_options(self.chunk_bytes))
         wan_pb2_grpc.add_GatewayServicer_to_server(_Servicer(self), self._server)
         bind = f"{self.host}:{self.port}"
-        if self._server_creds is not None:
-            port = self._server.add_secure_port(bind, self._server_creds)
+        if self.tls is not None:
+            port = self._server.add_secure_port(bind, self.tls.server_credentials())
         else:
             port = self._server.add_insecure_port(bind)
         if port == 0:
@@ -264,8 +268,13 @@ class GrpcTransport:
     async def _connect(self, peers: dict[str, str], timeout: float) -> dict[str, float]:
         opts = channel_options(self.chunk_bytes)
         for name, addr in peers.items():
-            if self._channel_creds is not None:
-                ch = grpc.aio.secure_channel(addr, self._channel_creds, options=opts)
+            if self.tls is not None:
+                # the peer must present a certificate issued to its center name
+                ch = grpc.aio.secure_channel(
+                    addr,
+                    self.tls.channel_credentials(),
+                    options=opts + [("grpc.ssl_target_name_override", name)],
+                )
             else:
                 ch = grpc.aio.insecure_channel(addr, options=opts)
             self._channels[name] = ch

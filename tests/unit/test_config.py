@@ -52,6 +52,7 @@ def test_misspelled_field_is_named():
         (lambda d: d["links"].pop(2), "links", "no link declared between 'wuhan' and 'xian'"),
         (lambda d: d["centers"][1].update(name="shenzhen"), "centers[1].name", "duplicate"),
         (lambda d: d["codec"].update(kind="gzip"), "codec.kind", "gzip"),
+        (lambda d: d["wan"].update(insecure=False), "wan.tls", "required unless insecure is true"),
     ],
 )
 def test_bad_values_name_path_and_reason(edit, path, fragment):
