@@ -1,0 +1,71 @@
+"""Reusable memory for codecs: a scratch workspace and a pool of wire buffers.
+
+A codec's arithmetic on a 256 MiB tensor takes tens of milliseconds; a fresh 256 MiB
+allocation costs as much again in page faults (the CPU allocator hands large blocks back to
+the kernel on free). So codecs keep their temporaries in a :class:`Workspace` and lend their
+outputs out of a :class:`BufferPool`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+
+class Workspace:
+    """Named scratch buffers, grown on demand and reused across calls.
+
+    Not thread-safe: the owning codec serialises its calls.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def get(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A 1-D tensor of ``numel`` elements (uninitialised) that stays valid until the
+        next ``get`` of the same name, dtype and device."""
+        key = (name, dtype, torch.device(device))
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self._bufs[key] = buf
+        return buf[:numel]
+
+    def zeros(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return self.get(name, numel, dtype, device).zero_()
+
+    def clear(self) -> None:
+        self._bufs.clear()
+
+
+class BufferPool:
+    """Lends 1-D uint8 CPU buffers and takes them back.
+
+    Args:
+        max_free: how many returned buffers to keep; beyond that the smallest are dropped.
+    """
+
+    def __init__(self, max_free: int = 4) -> None:
+        self._free: list[torch.Tensor] = []
+        self._max_free = max_free
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(view, buffer)``: ``view`` is ``nbytes`` long; give ``buffer`` back."""
+        with self._lock:
+            best = None
+            for i, buf in enumerate(self._free):
+                if buf.numel() >= nbytes and (best is None or buf.numel() < self._free[best].numel()):
+                    best = i
+            buf = self._free.pop(best) if best is not None else None
+        if buf is None:
+            buf = torch.empty(max(nbytes, 1), dtype=torch.uint8)
+        return buf[:nbytes], buf
+
+    def give(self, buf: torch.Tensor) -> None:
+        with self._lock:
+            self._free.append(buf)
+            if len(self._free) > self._max_free:
+                self._free.sort(key=lambda b: b.numel())
+                del self._free[0]

@@ -1,0 +1,212 @@
+"""The topk codec: the ``ratio`` largest-magnitude elements, as (index, value) pairs.
+
+Selection never sorts the whole tensor: a threshold is estimated from a random sample of
+magnitudes (aiming a little above ``k``), one streaming pass keeps the elements above it,
+and an exact top-k over those few candidates trims them to ``k``.
+
+Indices are coded per 65536-element block: a count per block and, per element, its offset
+in the block as a 16-bit integer (biased by -32768). Values are float32, float16, or int8
+with a float32 scale per 256 values.
+
+Wire layout: ``counts: int32[ceil(n / 65536)]``, ``idx: int16[k]``, then ``values:
+float32[k]`` | ``values: float16[k]`` | ``vscales: float32[ceil(k / 256)], values: int8[k]``.
+Params: ``k``, ``values``.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+
+from suanwang.runtime.compress.backend import Backend
+from suanwang.runtime.compress.base import CodecState, PayloadError
+from suanwang.runtime.compress.common import F32, BaseCodec, Output, check_finite_values, chunks
+from suanwang.runtime.compress.wire import Layout, param_choice, param_int
+from suanwang.v1 import wan_pb2
+
+ValueFormat = Literal["fp32", "fp16", "int8"]
+VALUE_FORMATS = ("fp32", "fp16", "int8")
+IDX_BLOCK = 1 << 16
+VBLOCK = 256
+SAMPLE = 1 << 16
+# Below this many elements, an exact torch.topk is cheaper than sampling.
+EXACT_BELOW = 1 << 18
+FP16_MAX = 65504.0
+
+
+class TopKCodec(BaseCodec):
+    """Top-k sparsification with error feedback.
+
+    Args:
+        ratio: fraction of elements sent, in (0, 1]; ``k = ceil(ratio * numel)``.
+        values: how the selected values are sent: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        seed: seeds the threshold sample (mixed with the state's step).
+        **kw: see :class:`~suanwang.runtime.compress.common.BaseCodec`.
+
+    With a state, everything not sent (and the rounding of what is) stays in the residual
+    and is added to the next encode's input.
+    """
+
+    name = "topk"
+    kind = wan_pb2.CODEC_TOPK
+    PARAM_KEYS = frozenset({"k", "values"})
+
+    def __init__(self, *, ratio: float = 0.01, values: ValueFormat = "fp32", seed: int = 0, **kw) -> None:
+        super().__init__(**kw)
+        if not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+            raise ValueError(f"codec topk: ratio must be in (0, 1], not {ratio!r}")
+        if values not in VALUE_FORMATS:
+            raise ValueError(f"codec topk: values must be one of {list(VALUE_FORMATS)}, not {values!r}")
+        self.ratio = float(ratio)
+        self.values = values
+        self.seed = int(seed)
+
+    def _describe(self) -> str:
+        return f"ratio={self.ratio}, values={self.values!r}, " + super()._describe()
+
+    def k_for(self, numel: int) -> int:
+        return min(numel, max(1, math.ceil(self.ratio * numel))) if numel else 0
+
+    # -- layout ------------------------------------------------------------------------
+
+    def _nominal_params(self, numel: int) -> Mapping[str, str]:
+        return {"k": str(self.k_for(numel)), "values": self.values}
+
+    def _layout(self, numel: int, params: Mapping[str, str], untrusted: bool) -> Layout:
+        k = param_int(self.name, params, "k", 0, numel)
+        fmt = param_choice(self.name, params, "values", VALUE_FORMATS)
+        sections = [("counts", torch.int32, -(-numel // IDX_BLOCK)), ("idx", torch.int16, k)]
+        if fmt == "fp32":
+            sections.append(("values", F32, k))
+        elif fmt == "fp16":
+            sections.append(("values", torch.float16, k))
+        else:
+            sections += [("vscales", F32, -(-k // VBLOCK)), ("values", torch.int8, k)]
+        return Layout(sections)
+
+    # -- encode ------------------------------------------------------------------------
+
+    def _encode(
+        self, x: torch.Tensor, state: CodecState | None, backend: Backend, shape: tuple[int, ...]
+    ) -> tuple[dict[str, str], Output]:
+        n, dev = x.numel(), x.device
+        r = self._residual(state, n, dev)
+        k = self.k_for(n)
+        step = state.step if state is not None else self._calls
+        # After _select, ``acc`` holds input + residual (the residual buffer itself with EF).
+        idx, acc = self._select(x, r, k, step, backend)
+        vals = acc[idx]
+        params = {"k": str(idx.numel()), "values": self.values}
+        out = self._output(self._layout(n, params, False), torch.device("cpu"))
+        deq = self._put_values(vals, out.v)
+        if r is not None:
+            r.index_copy_(0, idx, vals - deq.to(dev) if deq is not None else torch.zeros_like(vals))
+        self._put_indices(idx.cpu(), n, out.v)
+        return params, out
+
+    def _select(
+        self, x: torch.Tensor, r: torch.Tensor | None, k: int, step: int, backend: Backend
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sorted indices of (about, at most) the ``k`` largest |x + r|, and x + r."""
+        n, dev = x.numel(), x.device
+        if n < EXACT_BELOW or 4 * k >= n:
+            acc = r.add_(x) if r is not None else self._f32("x", x)
+            return self._exact(acc, k), acc
+        gen = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{step}:{n}".encode()))
+        pos = torch.randint(0, n, (SAMPLE,), generator=gen).to(dev)
+        sample = x[pos].to(F32)
+        if r is not None:
+            sample += r[pos]
+        sample = sample.abs_().cpu()
+        # Aim above k so that one pass nearly always finds enough candidates.
+        frac = min(1.0, self.ratio * 1.1 + 4.0 * math.sqrt(self.ratio / SAMPLE))
+        m = min(SAMPLE, max(1, math.ceil(frac * SAMPLE)))
+        thr = float(torch.kthvalue(sample, SAMPLE - m + 1).values)
+        found = []
+        for lo, hi in chunks(n, backend.chunk_elems):
+            acc_c = r[lo:hi].add_(x[lo:hi]) if r is not None else self._f32("x", x[lo:hi])
+            mag = torch.abs(acc_c, out=self._ws.get("mag", hi - lo, F32, dev))
+            mask = self._ws.get("mask", hi - lo, torch.bool, dev)
+            if thr > 0:
+                torch.ge(mag, thr, out=mask)
+            else:
+                torch.gt(mag, 0.0, out=mask)
+            hits = torch.nonzero(mask).view(-1)
+            if hits.numel():
+                found.append(hits.add_(lo))
+        acc = r if r is not None else x.to(F32)
+        idx = torch.cat(found) if found else torch.zeros(0, dtype=torch.int64, device=dev)
+        if idx.numel() > k:
+            keep = torch.topk(acc[idx].abs(), k, sorted=False).indices
+            idx = idx[keep].sort().values
+        elif idx.numel() < k and thr > 0:
+            # The sample put the threshold too high (rare): select exactly.
+            idx = self._exact(acc, k)
+        # (thr == 0 and fewer hits than k: those are all the nonzeros; send just them.)
+        return idx, acc
+
+    @staticmethod
+    def _exact(acc: torch.Tensor, k: int) -> torch.Tensor:
+        if k >= acc.numel():
+            return torch.arange(acc.numel(), device=acc.device)
+        return torch.topk(acc.abs(), k, sorted=False).indices.sort().values
+
+    def _put_values(self, vals: torch.Tensor, v: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Write the values section(s); returns what decode will read back (None: exact)."""
+        if self.values == "fp32":
+            v["values"].copy_(vals)
+            return None
+        if self.values == "fp16":
+            v["values"].copy_(vals.clamp(-FP16_MAX, FP16_MAX))
+            return v["values"].to(F32)
+        k = vals.numel()
+        padded = torch.zeros(-(-k // VBLOCK) * VBLOCK, dtype=F32)
+        padded[:k] = vals.cpu()
+        p2 = padded.view(-1, VBLOCK)
+        scales = p2.abs().amax(dim=1) / 127.0
+        q = (p2 / scales.clamp(min=1e-30).unsqueeze(1)).round_().clamp_(-127, 127)
+        v["vscales"].copy_(scales)
+        v["values"].copy_(q.view(-1)[:k])
+        return (q * scales.unsqueeze(1)).view(-1)[:k]
+
+    @staticmethod
+    def _put_indices(idx: torch.Tensor, n: int, v: dict[str, torch.Tensor]) -> None:
+        nblk = v["counts"].numel()
+        v["counts"].copy_(torch.bincount(idx // IDX_BLOCK, minlength=nblk))
+        v["idx"].copy_(idx % IDX_BLOCK - 32768)
+
+    # -- decode ------------------------------------------------------------------------
+
+    def _decode(self, views, params, numel, dst, backend) -> None:
+        counts, local = views["counts"], views["idx"]
+        k = local.numel()
+        c64 = counts.to(torch.int64)
+        if counts.numel():
+            if bool((c64 < 0).any()) or bool((c64 > IDX_BLOCK).any()):
+                raise PayloadError("codec topk: a block count is outside [0, 65536]")
+            if int(c64.sum()) != k:
+                raise PayloadError(f"codec topk: block counts sum to {int(c64.sum())}, k={k}")
+        base = torch.arange(counts.numel(), dtype=torch.int64) * IDX_BLOCK
+        idx = torch.repeat_interleave(base, c64) + local.to(torch.int64) + 32768
+        if k:
+            if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+                raise PayloadError("codec topk: indices are not strictly increasing")
+            if int(idx[-1]) >= numel:
+                raise PayloadError(f"codec topk: index {int(idx[-1])} out of range for {numel} elements")
+        fmt = params["values"]
+        if fmt == "int8":
+            scales = views["vscales"]
+            check_finite_values(self.name, "value scales", scales)
+            q = torch.zeros(scales.numel() * VBLOCK, dtype=F32)
+            q[:k] = views["values"]
+            vals = (q.view(-1, VBLOCK) * scales.unsqueeze(1)).view(-1)[:k]
+        else:
+            vals = views["values"].to(F32)
+            check_finite_values(self.name, "values", vals)
+        dst.zero_()
+        if k:
+            dst.index_copy_(0, idx.to(dst.device), vals.to(device=dst.device, dtype=dst.dtype))
