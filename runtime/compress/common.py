@@ -66,6 +66,9 @@ class Output:
         else:
             self.dev = ws.get("wire", layout.nbytes, torch.uint8, device)
         self.v = layout.views(self.dev)
+        # Padding between sections goes on the wire too: never leak old memory.
+        for lo, hi in layout.gaps:
+            self.dev[lo:hi].zero_()
 
     def finish(self) -> torch.Tensor:
         if self.dev is not self.wire:

@@ -43,11 +43,14 @@ class Layout:
 
     def __init__(self, sections: Iterable[tuple[str, torch.dtype, int]]) -> None:
         self.sections: dict[str, tuple[int, torch.dtype, int]] = {}
+        self.gaps: list[tuple[int, int]] = []
         off = 0
         for name, dtype, count in sections:
-            off = -(-off // ALIGN) * ALIGN
-            self.sections[name] = (off, dtype, count)
-            off += count * itemsize(dtype)
+            start = -(-off // ALIGN) * ALIGN
+            if start > off:
+                self.gaps.append((off, start))
+            self.sections[name] = (start, dtype, count)
+            off = start + count * itemsize(dtype)
         self.nbytes = off
 
     def views(self, buf: torch.Tensor) -> dict[str, torch.Tensor]:
