@@ -10,8 +10,9 @@ differs per device is small and lives in :class:`Backend`:
 * ``bitpack``: how eight sign bits become one byte. ``"mul64"`` multiplies eight 0/1 bytes
   read as one int64 by a magic constant (relies on wrapping int64 multiply, which CPU and
   CUDA have); ``"adds"`` sums eight strided uint8 slices, which every device supports.
-* ``ops``: for NPU, the set of aten ops the kernels may use (torch_npu implements them);
-  tests run the NPU variant on CPU under a dispatch mode that enforces it.
+* ``ops``: for NPU, the set of aten ops the kernels may run on the device (torch_npu
+  implements them); tests run the NPU variant on CPU under a dispatch mode that enforces
+  it, skipping functions marked :func:`host_side`.
 
 :func:`device_kind` is the single place that looks at ``tensor.device``; tests monkeypatch
 it to fake an NPU or a GPU on a CPU-only machine.
@@ -20,21 +21,33 @@ it to fake an NPU or a GPU on a CPU-only machine.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
-# aten ops (overload packet names) the NPU variant may run; all are implemented by
-# torch_npu's op-plugin. Views, copies and fills are included.
+F = TypeVar("F", bound=Callable)
+HOST_SIDE: set[object] = set()
+"""Code objects of the functions marked :func:`host_side`."""
+
+
+def host_side(fn: F) -> F:
+    """Mark ``fn`` as running on CPU tensors whatever the codec's device is (small
+    bookkeeping: index coding, thresholds, validation). Costs nothing; lets the NPU op test
+    tell host ops from device ops."""
+    HOST_SIDE.add(fn.__code__)
+    return fn
+
+# aten ops (overload packet names) the NPU variant runs on the device: exactly what the
+# kernels use today (tests/unit/test_codecs_device.py records them); all are implemented
+# by torch_npu's op-plugin. Adding a kernel op means checking it there first.
 NPU_OPS = frozenset(
     """
-    abs add addmm alias amax arange as_strided clamp clamp_ clone copy_ div div_ empty
-    empty_like empty_strided eq expand fill_ floor floor_ ge gt index index_copy_
-    index_put_ index_select isfinite le linalg_vector_norm lift_fresh lt mm mul mul_
-    ne nonzero reciprocal remainder repeat_interleave reshape round round_ rsub select
-    slice sub sub_ sum t transpose unsqueeze view where zero_ zeros _to_copy
-    _unsafe_view add_ logical_not masked_fill_ searchsorted sort squeeze cumsum
-    uniform_ rand floor_divide bitwise_not mean neg neg_ sign topk detach alias_copy
-    _local_scalar_dense isinf isnan all any lerp maximum minimum max min
+    _local_scalar_dense abs abs_ add add_ addmm_ all amax any cat clamp clamp_ clone copy_
+    detach div_ empty eq floor_ floor_divide ge gt index index_copy_ index_select lift_fresh
+    linalg_vector_norm lt mm mul mul_ mv ne neg nonzero randint reciprocal remainder resize_
+    round_ select slice sort sub sub_ sum t topk uniform_ unsqueeze view where zero_ zeros
+    zeros_like
     """.split()
 )
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import torch
 
-from suanwang.runtime.compress.backend import Backend
+from suanwang.runtime.compress.backend import Backend, host_side
 from suanwang.runtime.compress.base import CodecState, PayloadError
 from suanwang.runtime.compress.common import F32, BaseCodec, Output, check_finite_values, chunks
 from suanwang.runtime.compress.wire import Layout, param_choice, param_int
@@ -164,10 +164,15 @@ class PowerSGDCodec(BaseCodec):
         """Q^T to start from: the state's last one (orthonormalized), else seeded noise."""
         q = state.tensors.get("q") if state is not None else None
         if q is None or tuple(q.shape) != (rank, cols):
-            gen = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{rank}:{cols}".encode()))
-            q = torch.randn(rank, cols, generator=gen)
+            q = self._initial_q(rank, cols)
         q = self._ws.get("q", rank * cols, F32, dev).view(rank, cols).copy_(q)
         return orthonormalize_rows(q)
+
+    @host_side
+    def _initial_q(self, rank: int, cols: int) -> torch.Tensor:
+        """Seeded on the host, so that every device starts from the same Q."""
+        gen = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{rank}:{cols}".encode()))
+        return torch.randn(rank, cols, generator=gen)
 
     # -- decode ------------------------------------------------------------------------
 

@@ -93,11 +93,11 @@ class SignCodec(BaseCodec):
         torch.sum(t.view(nb, B), dim=1, out=scales)
         scales.mul_(1.0 / count)
         neg = self._ws.get("neg", nb * B, torch.bool, dev)
-        torch.signbit(acc, out=neg)
+        torch.lt(acc, 0.0, out=neg)
         bitpack.pack(neg, bits, backend.bitpack, self._ws.get("pack64", nb * B // 8, torch.int64, dev))
         if r is not None:
-            # The decoded value carries acc's sign bit (so -0.0 decodes to -s).
-            torch.copysign(scales.unsqueeze(1).expand(nb, B), acc.view(nb, B), out=t.view(nb, B))
+            s = scales.unsqueeze(1)
+            torch.where(neg.view(nb, B), -s, s, out=t.view(nb, B))
             torch.sub(acc, t, out=r)
 
     def _decode(self, views, params, numel, dst, backend) -> None:

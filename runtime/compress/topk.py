@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from suanwang.runtime.compress.backend import Backend
+from suanwang.runtime.compress.backend import Backend, host_side
 from suanwang.runtime.compress.base import CodecState, PayloadError
 from suanwang.runtime.compress.common import F32, BaseCodec, Output, check_finite_values, chunks
 from suanwang.runtime.compress.wire import Layout, param_choice, param_int
@@ -101,11 +101,12 @@ class TopKCodec(BaseCodec):
         idx, acc = self._select(x, r, k, step, backend)
         vals = acc[idx]
         params = {"k": str(idx.numel()), "values": self.values}
+        # Everything left is k-sized: it is coded on the host, straight into the wire buffer.
         out = self._output(self._layout(n, params, False), torch.device("cpu"))
-        deq = self._put_values(vals, out.v)
+        err = self._put_values(vals.cpu(), out.v)
         if r is not None:
-            r.index_copy_(0, idx, vals - deq.to(dev) if deq is not None else torch.zeros_like(vals))
-        self._put_indices(idx.cpu(), n, out.v)
+            r.index_copy_(0, idx, err.to(dev) if err is not None else torch.zeros_like(vals))
+        self._put_indices(idx.cpu(), out.v)
         return params, out
 
     def _select(
@@ -121,11 +122,7 @@ class TopKCodec(BaseCodec):
         sample = x[pos].to(F32)
         if r is not None:
             sample += r[pos]
-        sample = sample.abs_().cpu()
-        # Aim above k so that one pass nearly always finds enough candidates.
-        frac = min(1.0, self.ratio * 1.1 + 4.0 * math.sqrt(self.ratio / SAMPLE))
-        m = min(SAMPLE, max(1, math.ceil(frac * SAMPLE)))
-        thr = float(torch.kthvalue(sample, SAMPLE - m + 1).values)
+        thr = self._threshold(sample.abs_().cpu())
         found = []
         for lo, hi in chunks(n, backend.chunk_elems):
             acc_c = r[lo:hi].add_(x[lo:hi]) if r is not None else self._f32("x", x[lo:hi])
@@ -149,32 +146,42 @@ class TopKCodec(BaseCodec):
         # (thr == 0 and fewer hits than k: those are all the nonzeros; send just them.)
         return idx, acc
 
+    @host_side
+    def _threshold(self, sample: torch.Tensor) -> float:
+        """A magnitude that about ``ratio * 1.1`` (plus a few standard errors) of the sample
+        reach: aiming above k makes one pass nearly always find enough candidates."""
+        frac = min(1.0, self.ratio * 1.1 + 4.0 * math.sqrt(self.ratio / sample.numel()))
+        m = min(sample.numel(), max(1, math.ceil(frac * sample.numel())))
+        return float(torch.kthvalue(sample, sample.numel() - m + 1).values)
+
     @staticmethod
     def _exact(acc: torch.Tensor, k: int) -> torch.Tensor:
         if k >= acc.numel():
             return torch.arange(acc.numel(), device=acc.device)
         return torch.topk(acc.abs(), k, sorted=False).indices.sort().values
 
+    @host_side
     def _put_values(self, vals: torch.Tensor, v: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """Write the values section(s); returns what decode will read back (None: exact)."""
+        """Write the values section(s); returns their rounding error (None: exact)."""
         if self.values == "fp32":
             v["values"].copy_(vals)
             return None
         if self.values == "fp16":
             v["values"].copy_(vals.clamp(-FP16_MAX, FP16_MAX))
-            return v["values"].to(F32)
+            return vals - v["values"].to(F32)
         k = vals.numel()
         padded = torch.zeros(-(-k // VBLOCK) * VBLOCK, dtype=F32)
-        padded[:k] = vals.cpu()
+        padded[:k] = vals
         p2 = padded.view(-1, VBLOCK)
         scales = p2.abs().amax(dim=1) / 127.0
         q = (p2 / scales.clamp(min=1e-30).unsqueeze(1)).round_().clamp_(-127, 127)
         v["vscales"].copy_(scales)
         v["values"].copy_(q.view(-1)[:k])
-        return (q * scales.unsqueeze(1)).view(-1)[:k]
+        return vals - (q * scales.unsqueeze(1)).view(-1)[:k]
 
     @staticmethod
-    def _put_indices(idx: torch.Tensor, n: int, v: dict[str, torch.Tensor]) -> None:
+    @host_side
+    def _put_indices(idx: torch.Tensor, v: dict[str, torch.Tensor]) -> None:
         nblk = v["counts"].numel()
         v["counts"].copy_(torch.bincount(idx // IDX_BLOCK, minlength=nblk))
         v["idx"].copy_(idx % IDX_BLOCK - 32768)
@@ -182,7 +189,15 @@ class TopKCodec(BaseCodec):
     # -- decode ------------------------------------------------------------------------
 
     def _decode(self, views, params, numel, dst, backend) -> None:
-        counts, local = views["counts"], views["idx"]
+        idx = self._read_indices(views["counts"].cpu(), views["idx"].cpu(), numel)
+        vals = self._read_values(params["values"], {k: t.cpu() for k, t in views.items()})
+        dst.zero_()
+        if idx.numel():
+            dst.index_copy_(0, idx.to(dst.device), vals.to(device=dst.device, dtype=dst.dtype))
+
+    @staticmethod
+    @host_side
+    def _read_indices(counts: torch.Tensor, local: torch.Tensor, numel: int) -> torch.Tensor:
         k = local.numel()
         c64 = counts.to(torch.int64)
         if counts.numel():
@@ -197,16 +212,17 @@ class TopKCodec(BaseCodec):
                 raise PayloadError("codec topk: indices are not strictly increasing")
             if int(idx[-1]) >= numel:
                 raise PayloadError(f"codec topk: index {int(idx[-1])} out of range for {numel} elements")
-        fmt = params["values"]
+        return idx
+
+    @host_side
+    def _read_values(self, fmt: str, views: dict[str, torch.Tensor]) -> torch.Tensor:
         if fmt == "int8":
             scales = views["vscales"]
             check_finite_values(self.name, "value scales", scales)
+            k = views["values"].numel()
             q = torch.zeros(scales.numel() * VBLOCK, dtype=F32)
             q[:k] = views["values"]
-            vals = (q.view(-1, VBLOCK) * scales.unsqueeze(1)).view(-1)[:k]
-        else:
-            vals = views["values"].to(F32)
-            check_finite_values(self.name, "values", vals)
-        dst.zero_()
-        if k:
-            dst.index_copy_(0, idx.to(dst.device), vals.to(device=dst.device, dtype=dst.dtype))
+            return (q.view(-1, VBLOCK) * scales.unsqueeze(1)).view(-1)[:k]
+        vals = views["values"].to(F32)
+        check_finite_values(self.name, "values", vals)
+        return vals
