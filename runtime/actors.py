@@ -71,11 +71,11 @@ class WorkerActor:
 class GatewayActor:
     """Ray shell of :class:`suanwang.runtime.wan.gateway.Gateway`."""
 
-    def __init__(self, center: str, cfg: JobConfig, numel: int, token: str):
+    def __init__(self, center: str, cfg: JobConfig, numel: int, token: str, link_faults: tuple = ()):
         _setup_logging()
         from suanwang.runtime.wan.factory import build_gateway
 
-        self.g = build_gateway(center, cfg, numel, token)
+        self.g = build_gateway(center, cfg, numel, token, link_faults)
 
     def start(self) -> str:
         return self.g.start()
@@ -89,8 +89,17 @@ class GatewayActor:
     def contribute(self, round: int, tensor, stats, deadline: float, live: list[str]):
         return self.g.contribute(round, tensor, stats.samples, deadline, live)
 
-    def commit(self, round: int, participants: list[str]):
-        return self.g.commit(round, participants)
+    def measure_links(self) -> dict:
+        return self.g.measure_links()
+
+    def reduce(self, round: int, participants: list[str], samples: dict[str, int], deadline: float):
+        return self.g.reduce(round, participants, samples, deadline)
+
+    def finish(self, round: int):
+        return self.g.finish(round)
+
+    def abort(self, round: int):
+        return self.g.abort(round)
 
     def skip(self, round: int) -> None:
         self.g.skip(round)

@@ -126,22 +126,49 @@ class Coordinator:
                 continue
             reports[c.name] = rep
             held[c.name] = rep.held
+        if any(rep.schedule == "ring" for rep in reports.values()):
+            # the ring exchanges after the participants are fixed: all who reported qualify
+            held = {c: sorted(reports) for c in reports}
         decision = decide_round(r, names, held, failures)
         for c, why in decision.excluded.items():
             self._event(f"round {r}: {c} left out: {why}")
         if not decision.proceed:
             raise RuntimeError(f"round {r}: no center can commit: {dict(decision.excluded)}")
-        self._commit(r, decision, live, reports, stats, evaluate)
-        rec = self._record(r, decision, reports, stats, t_round, evaluate)
+        reduced = self._reduce(r, decision, reports)
+        self._apply(r, decision, live, reduced, evaluate)
+        rec = self._record(r, decision, reports, reduced, stats, t_round)
         self._catch_up(r, decision.participants[0])
         return rec
 
-    def _commit(self, r, decision: RoundDecision, live, reports, stats, evaluate) -> None:
+    def _reduce(self, r: int, decision: RoundDecision, reports) -> dict:
+        """Every participant reduces; returns their reports (a failure as ``None``)."""
         parts = list(decision.participants)
+        samples = {c: reports[c].samples for c in parts}
+        timeout = self.cfg.wan.round_timeout_s
+        deadline = time.time() + timeout
+        refs = {c: self.centers[c].gateway.reduce.remote(r, parts, samples, deadline) for c in parts}
+        ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout + _GRACE_S)
+        out = {}
+        for c, ref in refs.items():
+            try:
+                out[c] = ray.get(ref, timeout=0)
+            except (RayActorError, RayTaskError, GetTimeoutError) as err:
+                self._event(f"round {r}: {c} failed to reduce: {type(err).__name__}")
+                out[c] = None
+        return out
+
+    def _apply(self, r: int, decision: RoundDecision, live, reduced: dict, evaluate: bool) -> None:
+        parts = list(decision.participants)
+        failed = {c: (rep.error if rep else "no answer") for c, rep in reduced.items() if rep is None or not rep.ok}
+        if failed:
+            self._event(f"round {r}: abandoned, every participant rolls back: {failed}")
         self._applied = {}
         for c in live:
             if c.name in parts:
-                result = c.gateway.commit.remote(r, parts)
+                if reduced[c.name] is None:
+                    c.state, c.pending, c.missed_round = "late", c.gateway.stats.remote(), r
+                    continue
+                result = c.gateway.abort.remote(r) if failed else c.gateway.finish.remote(r)
                 self._applied[c.name] = [w.apply.remote(result) for w in c.workers]
             else:
                 # Its work for this round may still be running: queue the skip behind it,
@@ -150,31 +177,36 @@ class Coordinator:
                 c.state = "late"
                 c.pending = c.gateway.stats.remote()
                 c.missed_round = r
-        self._eval_ref = self.centers[parts[0]].leader.evaluate.remote() if evaluate else None
+        first = next(iter(self._applied), None)
+        self._eval_ref = self.centers[first].leader.evaluate.remote() if evaluate and first else None
+        self.abandoned = bool(failed)
 
-    def _record(self, r, decision, reports, stats, t_round, evaluate) -> RoundRecord:
-        parts = list(decision.participants)
+    def _record(self, r, decision, reports, reduced, stats, t_round) -> RoundRecord:
+        parts = [c for c in decision.participants if c in self._applied]
         digests = {c: ray.get(refs) for c, refs in self._applied.items()}
         flat = {d for ds in digests.values() for d in ds}
-        if len(flat) != 1:
+        if len(flat) > 1:
             self.params_agree = False
             self._event(f"round {r}: parameters differ across centers: {digests}")
         per_center = {}
-        for name in parts:
-            st = ray.get(stats[name])
-            rep = reports[name]
+        for name, rep in reports.items():
+            red = reduced.get(name)
+            sent_by_peer = red.bytes_sent if red is not None else {p: s.bytes_sent for p, s in rep.sent.items()}
+            sent = 0
+            for peer, nbytes in sent_by_peer.items():
+                key = "<->".join(sorted((name, peer)))
+                self.link_bytes[key] = self.link_bytes.get(key, 0) + nbytes
+                sent += nbytes
             tot = self.totals[name]
+            tot.wan_bytes_sent += sent
+            self.wan_bytes += sent
+            if name not in parts:
+                continue
+            st = ray.get(stats[name])
             tot.samples += st.samples
             tot.steps += st.steps
             tot.compute_s += st.compute_s
-            tot.wait_s += rep.encode_s + rep.wait_s
-            sent = 0
-            for peer, res in rep.sent.items():
-                key = "<->".join(sorted((name, peer)))
-                self.link_bytes[key] = self.link_bytes.get(key, 0) + res.bytes_sent
-                sent += res.bytes_sent
-            tot.wan_bytes_sent += sent
-            self.wan_bytes += sent
+            tot.wait_s += rep.encode_s + rep.wait_s + (red.seconds if red is not None else 0.0)
             per_center[name] = {"steps": tot.steps, "loss": st.loss, "wan_bytes_sent": tot.wan_bytes_sent}
         eval_loss = ray.get(self._eval_ref) if self._eval_ref is not None else None
         rec = RoundRecord(
@@ -186,6 +218,7 @@ class Coordinator:
             eval_loss=eval_loss,
             wan_bytes=self.wan_bytes,
             centers=per_center,
+            abandoned=self.abandoned,
         )
         self.history.append(rec)
         self.on_round(rec)

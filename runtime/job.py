@@ -32,6 +32,7 @@ from suanwang.runtime.coordinator import CenterHandle, Coordinator
 from suanwang.runtime.faults import Fault
 from suanwang.runtime.functions import JobFunctions
 from suanwang.runtime.results import JobResult, RoundRecord
+from suanwang.runtime.wan.linkfaults import LinkFault
 from suanwang.runtime.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class Job:
     Args:
         config: the validated launch config.
         functions: the model, data, loss, eval and optimizer callables.
-        faults: faults to inject (drills and tests).
+        faults: faults to inject (drills and tests): worker faults (:class:`Fault`) and
+            WAN faults (:class:`~suanwang.runtime.wan.linkfaults.LinkFault`).
         ray_address: join this Ray cluster instead of starting a local one.
     """
 
@@ -53,7 +55,7 @@ class Job:
         self,
         config: JobConfig,
         functions: JobFunctions,
-        faults: tuple[Fault, ...] = (),
+        faults: tuple[Fault | LinkFault, ...] = (),
         ray_address: str | None = None,
     ):
         for c in config.centers:
@@ -64,7 +66,8 @@ class Job:
                 )
         self.cfg = config
         self.fns = functions
-        self.faults = tuple(faults)
+        self.faults = tuple(f for f in faults if isinstance(f, Fault))
+        self.link_faults = tuple(f for f in faults if isinstance(f, LinkFault))
         self.ray_address = ray_address
         self.token = config.wan.token or secrets.token_urlsafe(24)
         self._pgs: list = []
@@ -121,7 +124,7 @@ class Job:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     h._pg, placement_group_bundle_index=len(h.workers)
                 ),
-            ).remote(h.name, cfg, numel, self.token)
+            ).remote(h.name, cfg, numel, self.token, self.link_faults)
             self._actors.append(h.gateway)
         # intra-center groups: rank 0 hosts the rendezvous store
         for h in handles:
@@ -132,6 +135,9 @@ class Job:
         # gateways: listen, then connect to each other
         addrs = dict(zip([h.name for h in handles], ray.get([h.gateway.start.remote() for h in handles])))
         ray.get([h.gateway.connect.remote(addrs) for h in handles], timeout=_START_TIMEOUT_S)
+        # one center probes at a time, so the probes do not compete with each other
+        for h in handles:
+            ray.get(h.gateway.measure_links.remote(), timeout=_START_TIMEOUT_S)
         if cfg.wan.insecure:
             log.warning("INSECURE: gateways speak plaintext gRPC (wan.insecure: true)")
         # every center starts from the same parameters, checked by digest
@@ -181,20 +187,29 @@ class Job:
             coord.run(self.cfg.rounds, self.cfg.train.eval_every_rounds)
             live = [h for h in handles if h.state == "live"]
             final_params = ray.get(live[0].leader.params_vector.remote()) if live else None
+            gw_stats = {}
             for h in handles:
                 if h.state == "live":
                     try:
+                        gw_stats[h.name] = ray.get(h.gateway.stats.remote(), timeout=30)
                         ray.get(h.gateway.close.remote(), timeout=30)
                     except Exception as err:  # noqa: BLE001 - closing is best effort
                         log.warning("%s: gateway close failed: %s", h.name, err)
         finally:
             self._teardown()
+        rejected = {n: st["rejected"] for n, st in gw_stats.items() if st["rejected"]}
         last_eval = next((h.eval_loss for h in reversed(coord.history) if h.eval_loss is not None), math.nan)
         links = {}
         for key, nbytes in sorted(coord.link_bytes.items()):
             a, b = key.split("<->")
             link = self.cfg.link(a, b)
-            links[key] = {"bytes": nbytes, "bandwidth_mbit": link.bandwidth_mbit, "rtt_ms": link.rtt_ms}
+            measured = gw_stats.get(a, {}).get("links", {}).get(b) or gw_stats.get(b, {}).get("links", {}).get(a)
+            links[key] = {
+                "bytes": nbytes,
+                "bandwidth_mbit": link.bandwidth_mbit,
+                "rtt_ms": link.rtt_ms,
+                "measured": measured,
+            }
         return JobResult(
             job=self.cfg.job.name,
             strategy=self.cfg.strategy.kind,
@@ -208,7 +223,7 @@ class Job:
             final_eval_loss=last_eval,
             params_agree=coord.params_agree,
             history=coord.history,
-            events=coord.events,
+            events=coord.events + [f"{n}: {msg}" for n, msgs in rejected.items() for msg in msgs],
             insecure=self.cfg.wan.insecure,
             final_params=final_params,
         )

@@ -33,6 +33,8 @@ class RoundRecord:
     eval_loss: float | None
     wan_bytes: int
     centers: dict[str, dict[str, Any]]
+    # a participant failed to reduce and every participant rolled the round back
+    abandoned: bool = False
 
 
 @dataclasses.dataclass

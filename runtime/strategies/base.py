@@ -41,8 +41,9 @@ class WorkerStrategy(abc.ABC):
         """The flat fp32 tensor this center sends (read on the center's leader)."""
 
     @abc.abstractmethod
-    def apply(self, worker: "Worker", result: torch.Tensor) -> None:
-        """Apply the round's broadcast result to this worker's replica."""
+    def apply(self, worker: "Worker", result: torch.Tensor | None) -> None:
+        """Apply the round's broadcast result to this worker's replica (``None``: the
+        round was abandoned and there is nothing to apply)."""
 
 
 class CenterStrategy(abc.ABC):
@@ -55,6 +56,10 @@ class CenterStrategy(abc.ABC):
     @abc.abstractmethod
     def post(self, mean: torch.Tensor) -> torch.Tensor:
         """Turn the cross-center mean into the tensor broadcast to this center's workers."""
+
+    @abc.abstractmethod
+    def rollback(self) -> torch.Tensor | None:
+        """What the workers load when a round is abandoned (``None``: nothing to undo)."""
 
     @abc.abstractmethod
     def state(self) -> dict[str, torch.Tensor]:

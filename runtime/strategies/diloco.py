@@ -23,7 +23,9 @@ class DilocoWorker(WorkerStrategy):
         # pseudo-gradient: where the round started minus where the inner steps led
         return worker.round_start - worker.params_vector()
 
-    def apply(self, worker, result: torch.Tensor) -> None:
+    def apply(self, worker, result: torch.Tensor | None) -> None:
+        if result is None:
+            raise ValueError("diloco: a round result must carry parameters")
         worker.load_params_vector(result)
 
 
@@ -38,6 +40,11 @@ class DilocoCenter(CenterStrategy):
     def post(self, mean: torch.Tensor) -> torch.Tensor:
         assert self.params is not None, "DilocoCenter.init was not called"
         self.opt.step(self.params, mean)
+        return self.params.clone()
+
+    def rollback(self) -> torch.Tensor:
+        """The round's starting point: the inner steps of an abandoned round are undone."""
+        assert self.params is not None
         return self.params.clone()
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -19,7 +19,9 @@ class SyncWorker(WorkerStrategy):
     def contribution(self, worker) -> torch.Tensor:
         return worker.gradient_vector()
 
-    def apply(self, worker, result: torch.Tensor) -> None:
+    def apply(self, worker, result: torch.Tensor | None) -> None:
+        if result is None:  # abandoned round: this step's gradient is dropped everywhere
+            return
         worker.step_with_gradient(result)
 
 
@@ -34,6 +36,9 @@ class SyncCenter(CenterStrategy):
 
     def post(self, mean: torch.Tensor) -> torch.Tensor:
         return mean
+
+    def rollback(self) -> None:
+        return None
 
     def state(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError(

@@ -7,14 +7,18 @@ import logging
 from suanwang.runtime.config import JobConfig
 from suanwang.runtime.strategies import center_strategy
 from suanwang.runtime.wan.gateway import Gateway
+from suanwang.runtime.wan.linkfaults import LinkFault, LinkFaults
 from suanwang.runtime.wan.tls import TlsFiles
 from suanwang.runtime.wan.transport import GrpcTransport, Identity
 
 log = logging.getLogger(__name__)
 
 
-def build_gateway(center: str, cfg: JobConfig, numel: int, token: str) -> Gateway:
-    """The gateway of ``center`` for the job ``cfg`` with a ``numel``-element contribution.
+def build_gateway(
+    center: str, cfg: JobConfig, numel: int, token: str, link_faults: tuple[LinkFault, ...] = ()
+) -> Gateway:
+    """The gateway of ``center`` for the job ``cfg`` with a ``numel``-element contribution;
+    ``link_faults`` script faults on what it sends (drills and tests).
 
     Raises:
         ValueError: a TLS file is missing or unreadable (naming the config field).
@@ -27,6 +31,8 @@ def build_gateway(center: str, cfg: JobConfig, numel: int, token: str) -> Gatewa
     peers = [c.name for c in cfg.centers if c.name != center]
     identity = Identity(cfg.job.name, center, token, frozenset(peers))
     transport = GrpcTransport(identity, host=cfg.wan.host, chunk_bytes=cfg.wan.chunk_bytes, tls=tls)
+    if link_faults:
+        transport.faults = LinkFaults(center, link_faults)
     return Gateway(
         center=center,
         peers=peers,
@@ -37,4 +43,6 @@ def build_gateway(center: str, cfg: JobConfig, numel: int, token: str) -> Gatewa
         job_id=cfg.job.name,
         chunk_bytes=cfg.wan.chunk_bytes,
         max_payload_bytes=cfg.wan.max_payload_bytes,
+        schedule=cfg.wan.schedule,
+        bandwidth=lambda a, b: cfg.link(a, b).bandwidth_mbit,
     )

@@ -1,19 +1,31 @@
 """The gateway: the one place where a center meets the WAN.
 
-For each round it encodes the center's contribution with the codec (error feedback state
-kept here), streams it to every peer, collects and validates the peers' payloads until the
-round's deadline, and, once the coordinator names the round's participants, reduces their
-payloads (sample-weighted, fixed order) and runs the center half of the strategy (DiLoCo's
-outer step). Every gateway does the same arithmetic on the same bytes, so every center ends
-the round bit-identical without a second exchange.
+A round has three calls, driven by the coordinator:
+
+1. :meth:`Gateway.contribute` takes the center's contribution. Under the ``gather``
+   schedule it encodes it (error feedback state kept here), streams it to every live peer
+   and collects theirs until the deadline; under ``ring`` it only keeps it, since the ring
+   needs the participants fixed first.
+2. :meth:`Gateway.reduce`, once the coordinator has named the participants, computes their
+   sample-weighted mean: locally from the gathered payloads, or by a ring reduce-scatter +
+   all-gather (:mod:`suanwang.runtime.wan.ring`). It applies nothing yet.
+3. :meth:`Gateway.finish` runs the center half of the strategy on that mean (DiLoCo's outer
+   step) when every participant reduced; :meth:`Gateway.abort` rolls the round back when
+   one failed, so the centers never diverge.
+
+Every gateway reduces the same bytes in the same order (gather: fixed center order; ring:
+each segment is summed once by its owner and its encoded bytes forwarded unchanged), so
+centers end the round bit-identical without a second exchange.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
+from typing import Callable
 
 import torch
 
@@ -22,6 +34,7 @@ from suanwang.runtime.compress.registry import codec_for_enum
 from suanwang.runtime.flat import digest
 from suanwang.runtime.reduce import weighted_mean
 from suanwang.runtime.strategies import CenterStrategy
+from suanwang.runtime.topology import ring_order, segments
 from suanwang.runtime.wan.payload import Expectation, Meta
 from suanwang.runtime.wan.transport import GrpcTransport, SendResult
 from suanwang.v1 import wan_pb2
@@ -29,19 +42,47 @@ from suanwang.v1 import wan_pb2
 log = logging.getLogger(__name__)
 
 PAYLOAD_NAME = "update"
+# Codecs whose decoded values can be summed and re-encoded hop by hop without error
+# feedback; the others (sparse, sign, low-rank) are all-gathered.
+RING_CODECS = frozenset(
+    {wan_pb2.CODEC_NONE, wan_pb2.CODEC_FP16, wan_pb2.CODEC_BF16, wan_pb2.CODEC_INT8, wan_pb2.CODEC_INT4}
+)
+_SEGMENT = re.compile(r"^(rs|ag)\.(\d+)\.(\d+)$")
+
+
+class ReduceError(RuntimeError):
+    """A round's reduction could not complete (a peer failed mid-schedule)."""
 
 
 @dataclasses.dataclass
 class Contribution:
-    """What a gateway reports after sending and collecting one round."""
+    """What a gateway reports after the first phase of a round."""
 
     center: str
     round: int
+    schedule: str
     held: list[str]
+    samples: int
     sent: dict[str, SendResult]
     encode_s: float
     wait_s: float
-    payload_bytes: int
+
+
+@dataclasses.dataclass
+class ReduceReport:
+    """What a gateway reports after reducing a round."""
+
+    center: str
+    round: int
+    ok: bool
+    error: str | None
+    seconds: float
+    bytes_sent: dict[str, int]
+
+
+def decode(enc: Encoded) -> torch.Tensor:
+    """Decode any codec's payload into a flat fp32 tensor."""
+    return codec_for_enum(enc.codec)().decode(enc).to(torch.float32).reshape(-1)
 
 
 class Gateway:
@@ -56,6 +97,8 @@ class Gateway:
         numel: length of the flat contribution vector.
         job_id: this job.
         chunk_bytes / max_payload_bytes: wire limits.
+        schedule: ``gather``, ``ring`` or ``auto`` (ring for dense codecs and 3+ centers).
+        bandwidth: declared bandwidth between two centers (orders the ring).
     """
 
     def __init__(
@@ -69,7 +112,11 @@ class Gateway:
         job_id: str,
         chunk_bytes: int,
         max_payload_bytes: int,
+        schedule: str = "auto",
+        bandwidth: Callable[[str, str], float] | None = None,
     ):
+        if schedule not in ("auto", "gather", "ring"):
+            raise ValueError(f"schedule {schedule!r}: expected auto, gather or ring")
         self.center = center
         self.peers = sorted(peers)
         self.transport = transport
@@ -80,12 +127,15 @@ class Gateway:
         self.job_id = job_id
         self.chunk_bytes = chunk_bytes
         self.max_payload_bytes = max_payload_bytes
-        self.round = 0  # the next round to commit
+        self.schedule = schedule
+        self.bandwidth = bandwidth or (lambda a, b: 1.0)
+        self.round = 0  # the next round to finish
         self._cond = threading.Condition()
-        # round -> sender -> (decoded tensor, samples)
-        self._inbox: dict[int, dict[str, tuple[torch.Tensor, int]]] = {}
-        self.bytes_sent_by_round: dict[int, dict[str, int]] = {}
-        self.rejected: list[str] = []
+        # round -> (sender, name) -> (decoded fp32 tensor, samples, encoded bytes as received)
+        self._inbox: dict[int, dict[tuple[str, str], tuple[torch.Tensor, int, Encoded]]] = {}
+        self._own: dict[int, tuple[torch.Tensor, int]] = {}
+        self._mean: dict[int, torch.Tensor] = {}
+        self.round_bytes: dict[int, dict[str, int]] = {}
         self.address: str | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -96,6 +146,10 @@ class Gateway:
     def connect(self, addresses: dict[str, str]) -> dict[str, float]:
         return self.transport.connect({p: addresses[p] for p in self.peers})
 
+    def measure_links(self) -> dict:
+        """Probe every peer (RTT, bandwidth); returns ``{peer: LinkEstimate}``."""
+        return self.transport.measure(self.peers)
+
     def init(self, params: torch.Tensor) -> str:
         """Adopt the job's initial parameters; returns their digest."""
         self.strategy.init(params)
@@ -104,16 +158,27 @@ class Gateway:
     def close(self) -> None:
         self.transport.close()
 
-    # ------------------------------------------------------------ inbound (transport thread)
+    def schedule_for(self, centers: int) -> str:
+        if self.schedule != "auto":
+            return self.schedule
+        return "ring" if centers >= 3 and self.codec.kind in RING_CODECS else "gather"
+
+    # ------------------------------------------------------------ inbound (transport threads)
     def _round_ok(self, r: int) -> bool:
-        # A peer may be one round ahead (it committed before we did); anything else is
+        # A peer may be one round ahead (it finished before we did); anything else is
         # stale, replayed or far in the future.
         return self.round <= r <= self.round + 1
 
     def _shape_of(self, name: str) -> tuple[int, ...]:
-        if name != PAYLOAD_NAME:
-            raise KeyError(name)
-        return (self.numel,)
+        if name == PAYLOAD_NAME:
+            return (self.numel,)
+        m = _SEGMENT.match(name)
+        if m:
+            n, s = int(m.group(2)), int(m.group(3))
+            if 2 <= n <= len(self.peers) + 1 and s < n:
+                start, stop = segments(self.numel, n)[s]
+                return (stop - start,)
+        raise KeyError(name)
 
     def expectation(self, sender: str) -> Expectation:
         return Expectation(
@@ -129,28 +194,27 @@ class Gateway:
         """Decode and validate a complete payload; keep it for its round.
 
         Raises:
-            PayloadError: undecodable, non-finite, duplicate, or the round has passed.
+            PayloadError: undecodable, non-finite, duplicate, or its round has passed.
         """
+        where = f"payload from {sender}, round {header.round}, tensor {header.name!r}"
         try:
-            tensor = codec_for_enum(enc.codec)().decode(enc)
-        except PayloadError:
-            raise
+            tensor = decode(enc)
+        except PayloadError as err:
+            raise PayloadError(f"{where}: {err}") from None
         except (ValueError, RuntimeError) as err:
-            raise PayloadError(f"payload from {sender}, round {header.round}: cannot decode: {err}") from None
-        tensor = tensor.to(torch.float32).reshape(-1)
-        if not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise PayloadError(
-                f"payload from {sender}, round {header.round}, tensor {header.name!r}: "
-                f"{bad} non-finite values"
-            )
+            raise PayloadError(f"{where}: cannot decode: {err}") from None
+        if tensor.numel() != self._shape_of(header.name)[0]:
+            raise PayloadError(f"{where}: decoded to {tensor.numel()} values, expected {self._shape_of(header.name)[0]}")
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            raise PayloadError(f"{where}: {int((~finite).sum())} non-finite values")
         with self._cond:
             if not self._round_ok(header.round):
-                raise PayloadError(f"payload from {sender}: round {header.round} closed while it arrived")
+                raise PayloadError(f"{where}: the round closed while it arrived")
             box = self._inbox.setdefault(header.round, {})
-            if sender in box:
-                raise PayloadError(f"payload from {sender}, round {header.round}: duplicate")
-            box[sender] = (tensor, int(header.samples))
+            if (sender, header.name) in box:
+                raise PayloadError(f"{where}: duplicate")
+            box[(sender, header.name)] = (tensor, int(header.samples), enc)
             self._cond.notify_all()
 
     def state_payloads(self) -> list[tuple[Meta, Encoded]]:
@@ -161,79 +225,133 @@ class Gateway:
         out = []
         for name in sorted(state):
             enc = none.encode(state[name])
-            enc.params = {"sha256": digest(state[name])}
-            out.append((Meta(self.job_id, last, self.center, name, 0), enc))
+            out.append((Meta(self.job_id, last, self.center, name, 0, digest(state[name])), enc))
         return out
+
+    # ------------------------------------------------------------ helpers for schedules
+    def _count(self, round: int, sent: dict[str, SendResult]) -> None:
+        box = self.round_bytes.setdefault(round, {})
+        for peer, res in sent.items():
+            box[peer] = box.get(peer, 0) + res.bytes_sent
+
+    def send(self, round: int, peers: list[str], name: str, enc: Encoded, samples: int, deadline: float) -> dict[str, SendResult]:
+        meta = Meta(self.job_id, round, self.center, name, int(samples))
+        sent = self.transport.send(peers, meta, enc, timeout=max(0.1, deadline - time.time()))
+        self._count(round, sent)
+        for peer, res in sent.items():
+            if res.error:
+                log.warning("%s: round %d: sending %s to %s failed: %s", self.center, round, name, peer, res.error)
+        return sent
+
+    def wait_for(self, round: int, keys: list[tuple[str, str]], deadline: float) -> list[tuple[str, str]]:
+        """Wait until the inbox holds ``keys`` or the deadline passes; returns the missing."""
+        with self._cond:
+            while True:
+                box = self._inbox.get(round, {})
+                missing = [k for k in keys if k not in box]
+                left = deadline - time.time()
+                if not missing or left <= 0:
+                    return missing
+                self._cond.wait(left)
+
+    def take(self, round: int, key: tuple[str, str]) -> tuple[torch.Tensor, int, Encoded]:
+        with self._cond:
+            return self._inbox[round].pop(key)
 
     # ------------------------------------------------------------ the round (actor thread)
     def contribute(
         self, round: int, tensor: torch.Tensor, samples: int, deadline: float, live: list[str] | None = None
     ) -> Contribution:
-        """Send this center's contribution for ``round`` to the live peers and collect
-        theirs until ``deadline`` (a ``time.time()`` value).
+        """Phase 1: hand over this center's contribution for ``round``.
 
         Args:
+            round: must be the gateway's current round.
+            tensor: the flat contribution.
+            samples: samples the center processed (its weight).
+            deadline: ``time.time()`` by which peers' payloads must have arrived (gather).
             live: the centers taking part in this round (default: all).
         """
-        peers = [p for p in self.peers if live is None or p in live]
         if round != self.round:
             raise RuntimeError(f"{self.center}: contribute for round {round}, gateway is at {self.round}")
-        t0 = time.perf_counter()
         own = tensor.detach().to(torch.float32).reshape(-1).cpu()
         if own.numel() != self.numel:
             raise ValueError(f"{self.center}: contribution has {own.numel()} elements, expected {self.numel}")
+        peers = [p for p in self.peers if live is None or p in live]
+        schedule = self.schedule_for(len(peers) + 1)
+        if schedule == "ring":
+            self._own[round] = (own, int(samples))
+            return Contribution(self.center, round, schedule, [self.center], int(samples), {}, 0.0, 0.0)
+        t0 = time.perf_counter()
         enc = self.codec.encode(own, self.codec_state)
-        # What the peers will decode, so that every center reduces the same values.
-        decoded_own = codec_for_enum(enc.codec)().decode(enc).to(torch.float32).reshape(-1)
+        # Keep what the peers will decode, so every center reduces the same values.
+        with self._cond:
+            self._inbox.setdefault(round, {})[(self.center, PAYLOAD_NAME)] = (decode(enc), int(samples), enc)
         encode_s = time.perf_counter() - t0
-        with self._cond:
-            self._inbox.setdefault(round, {})[self.center] = (decoded_own, int(samples))
-        meta = Meta(self.job_id, round, self.center, PAYLOAD_NAME, int(samples))
         t1 = time.perf_counter()
-        sent = self.transport.send(peers, meta, enc, timeout=max(0.1, deadline - time.time()))
-        for peer, res in sent.items():
-            if res.error:
-                log.warning("%s: round %d: sending to %s failed: %s", self.center, round, peer, res.error)
-        self.bytes_sent_by_round[round] = {p: r.bytes_sent for p, r in sent.items()}
+        sent = self.send(round, peers, PAYLOAD_NAME, enc, samples, deadline)
+        missing = self.wait_for(round, [(p, PAYLOAD_NAME) for p in peers], deadline)
+        if missing:
+            log.warning("%s: round %d: deadline passed without %s", self.center, round, [m[0] for m in missing])
         with self._cond:
-            while True:
-                box = self._inbox.get(round, {})
-                if all(p in box for p in peers):
-                    break
-                left = deadline - time.time()
-                if left <= 0:
-                    missing = [p for p in peers if p not in box]
-                    log.warning("%s: round %d: deadline passed without %s", self.center, round, missing)
-                    break
-                self._cond.wait(left)
-            held = sorted(self._inbox.get(round, {}))
-        return Contribution(
-            self.center, round, held, sent, encode_s, time.perf_counter() - t1, enc.nbytes
-        )
+            held = sorted(s for (s, n) in self._inbox.get(round, {}) if n == PAYLOAD_NAME)
+        return Contribution(self.center, round, schedule, held, int(samples), sent, encode_s, time.perf_counter() - t1)
 
-    def commit(self, round: int, participants: list[str]) -> torch.Tensor:
-        """Reduce the participants' payloads for ``round`` and run the strategy's post step.
+    def reduce(self, round: int, participants: list[str], samples: dict[str, int], deadline: float) -> ReduceReport:
+        """Phase 2: the participants' sample-weighted mean, kept until finish/abort.
 
-        Raises:
-            RuntimeError: a participant's payload is not held (the coordinator must only
-                name centers that every participant holds).
+        Never raises for a peer's failure: the report says what went wrong.
         """
+        t0 = time.perf_counter()
+        try:
+            if round in self._own:  # contribute chose the ring for this round
+                from suanwang.runtime.wan.ring import ring_allreduce
+
+                own, _ = self._own.pop(round)
+                order = ring_order(participants, self.bandwidth)
+                total = sum(samples[p] for p in participants)
+                mean = ring_allreduce(self, round, order, own.mul(samples[self.center] / total), deadline)
+            else:
+                mean = self._gathered_mean(round, participants)
+            self._mean[round] = mean
+            ok, error = True, None
+        except (ReduceError, PayloadError, KeyError) as err:
+            ok, error = False, f"{type(err).__name__}: {err}"
+            log.warning("%s: round %d: reduce failed: %s", self.center, round, error)
+        return ReduceReport(self.center, round, ok, error, time.perf_counter() - t0, dict(self.round_bytes.get(round, {})))
+
+    def _gathered_mean(self, round: int, participants: list[str]) -> torch.Tensor:
         with self._cond:
-            box = self._inbox.pop(round, {})
-            missing = [p for p in participants if p not in box]
+            box = self._inbox.get(round, {})
+            missing = [p for p in participants if (p, PAYLOAD_NAME) not in box]
             if missing:
-                raise RuntimeError(f"{self.center}: round {round}: no payload from {missing}")
-            self.round = round + 1
+                raise ReduceError(f"round {round}: no payload from {missing}")
+            picked = {p: box[(p, PAYLOAD_NAME)][:2] for p in participants}
+        return weighted_mean(picked)
+
+    def _close_round(self, round: int) -> None:
+        with self._cond:
+            self.round = max(self.round, round + 1)
             for r in [r for r in self._inbox if r < self.round]:
                 del self._inbox[r]
-        mean = weighted_mean({p: box[p] for p in participants})
+            self._own = {r: v for r, v in self._own.items() if r >= self.round}
+            self._mean = {r: v for r, v in self._mean.items() if r >= self.round}
+
+    def finish(self, round: int) -> torch.Tensor:
+        """Phase 3: apply the strategy's post step to the round's mean; returns what the
+        center's workers load."""
+        mean = self._mean.pop(round)
+        self._close_round(round)
         return self.strategy.post(mean)
+
+    def abort(self, round: int) -> torch.Tensor | None:
+        """Phase 3 when some participant failed to reduce: nothing is applied; returns what
+        the workers load to undo the round (``None``: nothing to undo)."""
+        self._close_round(round)
+        return self.strategy.rollback()
 
     def skip(self, round: int) -> None:
         """This center missed ``round``: drop what it holds for it and move on."""
-        with self._cond:
-            self._inbox.pop(round, None)
-            self.round = max(self.round, round + 1)
+        self._close_round(round)
 
     def resync_from(self, peer: str, round: int, timeout: float = 60.0) -> torch.Tensor:
         """Fetch a peer's committed state after ``round``, verify its digests, adopt it."""
@@ -247,15 +365,13 @@ class Gateway:
         )
         state = {}
         for header, enc in self.transport.fetch_state(peer, expect, timeout):
-            t = codec_for_enum(enc.codec)().decode(enc)
-            if digest(t) != enc.params.get("sha256"):
+            t = decode(enc)
+            if digest(t) != header.sha256:
                 raise PayloadError(f"state {header.name!r} from {peer}: digest mismatch")
             state[header.name] = t
         if "params" not in state:
             raise PayloadError(f"state from {peer} for round {round} has no params")
-        with self._cond:
-            self._inbox = {r: b for r, b in self._inbox.items() if r > round}
-            self.round = round + 1
+        self._close_round(round)
         return self.strategy.load_state(state)
 
     def stats(self) -> dict:
@@ -265,4 +381,6 @@ class Gateway:
             "bytes_received": dict(t.bytes_received),
             "rejected": list(t.rejected),
             "round": self.round,
+            "links": {p: dataclasses.asdict(e) for p, e in self.transport.links.items()},
+            "faults_fired": list(self.transport.faults.fired) if self.transport.faults else [],
         }

@@ -50,6 +50,7 @@ class Meta:
     sender: str
     name: str
     samples: int
+    sha256: str = ""
 
 
 def to_chunks(meta: Meta, enc: Encoded, chunk_bytes: int) -> Iterator[wan_pb2.Chunk]:
@@ -72,6 +73,7 @@ def to_chunks(meta: Meta, enc: Encoded, chunk_bytes: int) -> Iterator[wan_pb2.Ch
         total_bytes=total,
         samples=meta.samples,
         codec_params=enc.params,
+        sha256=meta.sha256,
     )
     for i in range(n):
         piece = bytes(data[i * chunk_bytes : (i + 1) * chunk_bytes])

@@ -30,8 +30,10 @@ from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Protocol
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from suanwang.runtime.compress import Encoded, PayloadError
+from suanwang.runtime.wan.linkfaults import LinkFaults
 from suanwang.runtime.wan.payload import Assembler, Expectation, Meta, to_chunks
 from suanwang.runtime.wan.tls import TlsFiles, peer_names
 from suanwang.v1 import wan_pb2, wan_pb2_grpc
@@ -39,6 +41,7 @@ from suanwang.v1 import wan_pb2, wan_pb2_grpc
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+SERVICE_NAME = "suanwang.v1.Gateway"
 MD_TOKEN = "x-suanwang-token"
 MD_JOB = "x-suanwang-job"
 MD_CENTER = "x-suanwang-center"
@@ -210,6 +213,9 @@ class GrpcTransport:
             target=self._loop.run_forever, name=f"wan-{identity.center}", daemon=True
         )
         self._server: grpc.aio.Server | None = None
+        self._health: health.HealthServicer | None = None
+        self.faults: LinkFaults | None = None
+        self.links: dict[str, LinkEstimate] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, wan_pb2_grpc.GatewayStub] = {}
         self.address: str | None = None
@@ -246,6 +252,8 @@ class GrpcTransport:
     async def _start(self) -> str:
         self._server = grpc.aio.server(options=server_options(self.chunk_bytes))
         wan_pb2_grpc.add_GatewayServicer_to_server(_Servicer(self), self._server)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         bind = f"{self.host}:{self.port}"
         if self.tls is not None:
             port = self._server.add_secure_port(bind, self.tls.server_credentials())
@@ -254,6 +262,8 @@ class GrpcTransport:
         if port == 0:
             raise OSError(f"gateway {self.identity.center}: cannot listen on {bind}")
         await self._server.start()
+        self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.address = f"{self.host}:{port}"
         return self.address
 
@@ -312,10 +322,13 @@ class GrpcTransport:
             return
 
         async def _close():
-            for ch in self._channels.values():
-                await ch.close()
+            if self._health is not None:
+                # peers' health checks see us leave before in-flight calls finish draining
+                self._health.enter_graceful_shutdown()
             if self._server is not None:
                 await self._server.stop(grace)
+            for ch in self._channels.values():
+                await ch.close()
 
         try:
             self._run(_close(), timeout=grace + 5)
@@ -337,27 +350,61 @@ class GrpcTransport:
 
     async def _send_one(self, peer: str, meta: Meta, enc: Encoded, timeout: float) -> SendResult:
         res = SendResult(peer)
+        t0 = time.perf_counter()
+        hits = {f.action: f for f in (self.faults.for_send(peer, meta.round, meta.name) if self.faults else [])}
+        if "partition" in hits or "drop" in hits:
+            res.error = "UNAVAILABLE: partitioned (fault injection)" if "partition" in hits else "dropped (fault injection)"
+            return res
+        if "delay" in hits:
+            await asyncio.sleep(hits["delay"].seconds)
+        stub = self._stubs.get(peer)
+        if stub is None:
+            res.error = f"no channel to {peer}"
+            return res
+        deadline = t0 + timeout
         counted = 0
 
-        def chunks():
+        async def chunks():
             nonlocal counted
+            throttle = hits.get("throttle")
             for c in to_chunks(meta, enc, self.chunk_bytes):
+                if "corrupt" in hits and c.index == 0 and c.data:
+                    c.data = bytes([c.data[0] ^ 0x40]) + c.data[1:]
+                if throttle is not None:
+                    await asyncio.sleep(len(c.data) * 8 / (throttle.rate_mbit * 1e6))
                 counted += c.ByteSize()
                 yield c
 
-        t0 = time.perf_counter()
-        try:
-            ack = await self._stubs[peer].Push(chunks(), metadata=self._metadata(), timeout=timeout)
-            if not ack.accepted:
-                res.error = f"refused by {peer}: {ack.reason}"
-        except grpc.aio.AioRpcError as err:
-            res.error = f"{err.code().name}: {err.details()}"
-        except KeyError:
-            res.error = f"no channel to {peer}"
+        copies = 2 if "duplicate" in hits else 1
+        attempt = 0
+        while True:
+            try:
+                for copy in range(copies):
+                    left = deadline - time.perf_counter()
+                    ack = await stub.Push(chunks(), metadata=self._metadata(), timeout=max(0.05, left))
+                    # A retry of a payload whose ack was lost finds it already delivered.
+                    if ack.accepted or (attempt > 0 and ack.reason.endswith("duplicate")):
+                        continue
+                    if copy == 0:
+                        res.error = f"refused by {peer}: {ack.reason}"
+                break
+            except grpc.aio.AioRpcError as err:
+                transient = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+                backoff = min(2.0, 0.1 * 2**attempt)
+                if transient and time.perf_counter() + backoff < deadline:
+                    log.info("%s: send to %s: %s; retry %d in %.1f s", self.identity.center, peer, err.code().name, attempt + 1, backoff)
+                    attempt += 1
+                    await asyncio.sleep(backoff)
+                    continue
+                res.error = f"{err.code().name}: {err.details()}"
+                break
         res.seconds = time.perf_counter() - t0
         res.bytes_sent = counted
         with self._lock:
             self.stats.bytes_sent[peer] = self.stats.bytes_sent.get(peer, 0) + counted
+            if res.error is None and counted > 64 * 1024:
+                link = self.links.setdefault(peer, LinkEstimate())
+                link.observe_transfer(counted, res.seconds)
         return res
 
     def fetch_state(
@@ -402,6 +449,39 @@ class GrpcTransport:
             return time.perf_counter() - t0
 
         return self._run(_probe())
+
+    def measure(self, peers: Iterable[str], probe_bytes: int = 256 * 1024, repeats: int = 3) -> dict[str, "LinkEstimate"]:
+        """Probe each peer: RTT from the fastest of ``repeats`` empty probes, bandwidth from
+        probes carrying ``probe_bytes`` each way (beyond the RTT)."""
+        for peer in peers:
+            rtt = min(self.probe(peer) for _ in range(repeats))
+            big = min(self.probe(peer, min(probe_bytes, self.chunk_bytes)) for _ in range(repeats))
+            with self._lock:
+                link = self.links.setdefault(peer, LinkEstimate())
+                link.rtt_ms = rtt * 1e3
+                payload_bits = 2 * min(probe_bytes, self.chunk_bytes) * 8
+                link.probe_mbit = payload_bits / max(big - rtt, 1e-6) / 1e6
+        with self._lock:
+            return {p: dataclasses.replace(self.links[p]) for p in peers if p in self.links}
+
+
+@dataclasses.dataclass
+class LinkEstimate:
+    """What a gateway knows of its link to one peer.
+
+    ``rtt_ms`` and ``probe_mbit`` come from probes at start; ``transfer_mbit`` is a moving
+    average over real payload transfers (bytes / time from first byte to acknowledgement).
+    """
+
+    rtt_ms: float | None = None
+    probe_mbit: float | None = None
+    transfer_mbit: float | None = None
+    transfers: int = 0
+
+    def observe_transfer(self, nbytes: int, seconds: float) -> None:
+        rate = nbytes * 8 / max(seconds, 1e-9) / 1e6
+        self.transfer_mbit = rate if self.transfer_mbit is None else 0.8 * self.transfer_mbit + 0.2 * rate
+        self.transfers += 1
 
 
 TransportFactory = Callable[[Identity], GrpcTransport]

@@ -18,7 +18,7 @@ import yaml
 
 from suanwang.launch.demo import demo_functions
 from suanwang.runtime import Fault, Job, parse_config
-from suanwang.runtime.config import demo_config_path
+from suanwang.runtime.config import demo_config_path, load_config
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def test_demo_cli_trains_agrees_counts_bytes_and_leaves_nothing(tmp_path):
     for c in res["centers"].values():
         assert c["samples"] > 0 and c["compute_s"] > 0 and c["wait_s"] >= 0
     assert res["wan_bytes"] == sum(link["bytes"] for link in res["links"].values()) > 0
-    assert len(res["history"]) == res["rounds"] == 20
+    assert len(res["history"]) == res["rounds"] == load_config(demo_config_path(), environ={}).rounds
     cum = [h["wan_bytes"] for h in res["history"]]
     assert cum == sorted(cum) and cum[-1] == res["wan_bytes"]
     assert all(h["eval_loss"] is not None for h in res["history"])
@@ -112,14 +112,14 @@ def test_late_center_is_left_out_then_rejoins(local_ray):
     cfg = parse_config(
         small_config(
             strategy={"kind": "diloco", "inner_steps": 2, "outer_lr": 0.7, "outer_momentum": 0.9},
-            train={"steps": 10},
+            train={"steps": 60},
             wan={"insecure": True, "round_timeout_s": 6},
         ),
         environ={},
     )
     t0 = time.perf_counter()
     res = Job(cfg, demo_functions(cfg), faults=(Fault("xian", 1, "delay", 12.0),)).run()
-    assert res.rounds == 5
+    assert res.rounds == 30
     h = res.history
     assert h[0].participants == ["shenzhen", "wuhan", "xian"]
     assert "xian" in h[1].excluded and "deadline" in h[1].excluded["xian"]
@@ -127,7 +127,8 @@ def test_late_center_is_left_out_then_rejoins(local_ray):
     assert h[-1].participants == ["shenzhen", "wuhan", "xian"], [r.participants for r in h]
     assert any("xian: rejoined" in e for e in res.events), res.events
     assert res.params_agree
-    assert time.perf_counter() - t0 < 120
+    assert not any(rec.abandoned for rec in h)
+    assert time.perf_counter() - t0 < 150
 
 
 def test_ctrl_c_stops_the_whole_job(tmp_path):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15suanwang/v1/wan.proto\x12\x0bsuanwang.v1\"[\n\x10HandshakeRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x65nter\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\"M\n\x11HandshakeResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x65nter\x18\x03 \x01(\t\"\xd2\x02\n\rPayloadHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12!\n\x05\x63odec\x18\x05 \x01(\x0e\x32\x12.suanwang.v1.Codec\x12!\n\x05\x64type\x18\x06 \x01(\x0e\x32\x12.suanwang.v1.DType\x12\r\n\x05shape\x18\x07 \x03(\x04\x12\x12\n\nnum_chunks\x18\x08 \x01(\r\x12\x13\n\x0btotal_bytes\x18\t \x01(\x04\x12\x0f\n\x07samples\x18\n \x01(\x04\x12\x41\n\x0c\x63odec_params\x18\x0b \x03(\x0b\x32+.suanwang.v1.PayloadHeader.CodecParamsEntry\x1a\x32\n\x10\x43odecParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"_\n\x05\x43hunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.suanwang.v1.PayloadHeader\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x04 \x01(\r\"C\n\x07PushAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\"4\n\x0cProbeRequest\x12\x0f\n\x07padding\x18\x01 \x01(\x0c\x12\x13\n\x0breply_bytes\x18\x02 \x01(\x04\" \n\rProbeResponse\x12\x0f\n\x07padding\x18\x01 \x01(\x0c\".\n\x0cStateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x65nter\x18\x02 \x01(\t*\xa2\x01\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_NONE\x10\x01\x12\x0e\n\nCODEC_FP16\x10\x02\x12\x0e\n\nCODEC_BF16\x10\x03\x12\x0e\n\nCODEC_INT8\x10\x04\x12\x0e\n\nCODEC_INT4\x10\x05\x12\x0e\n\nCODEC_TOPK\x10\x06\x12\x0e\n\nCODEC_SIGN\x10\x07\x12\x12\n\x0e\x43ODEC_POWERSGD\x10\x08*k\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x32\x88\x02\n\x07Gateway\x12J\n\tHandshake\x12\x1d.suanwang.v1.HandshakeRequest\x1a\x1e.suanwang.v1.HandshakeResponse\x12\x32\n\x04Push\x12\x12.suanwang.v1.Chunk\x1a\x14.suanwang.v1.PushAck(\x01\x12>\n\x05Probe\x12\x19.suanwang.v1.ProbeRequest\x1a\x1a.suanwang.v1.ProbeResponse\x12=\n\nFetchState\x12\x19.suanwang.v1.StateRequest\x1a\x12.suanwang.v1.Chunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15suanwang/v1/wan.proto\x12\x0bsuanwang.v1\"[\n\x10HandshakeRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x65nter\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\"M\n\x11HandshakeResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x65nter\x18\x03 \x01(\t\"\xe2\x02\n\rPayloadHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12!\n\x05\x63odec\x18\x05 \x01(\x0e\x32\x12.suanwang.v1.Codec\x12!\n\x05\x64type\x18\x06 \x01(\x0e\x32\x12.suanwang.v1.DType\x12\r\n\x05shape\x18\x07 \x03(\x04\x12\x12\n\nnum_chunks\x18\x08 \x01(\r\x12\x13\n\x0btotal_bytes\x18\t \x01(\x04\x12\x0f\n\x07samples\x18\n \x01(\x04\x12\x41\n\x0c\x63odec_params\x18\x0b \x03(\x0b\x32+.suanwang.v1.PayloadHeader.CodecParamsEntry\x12\x0e\n\x06sha256\x18\x0c \x01(\t\x1a\x32\n\x10\x43odecParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"_\n\x05\x43hunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.suanwang.v1.PayloadHeader\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x04 \x01(\r\"C\n\x07PushAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\"4\n\x0cProbeRequest\x12\x0f\n\x07padding\x18\x01 \x01(\x0c\x12\x13\n\x0breply_bytes\x18\x02 \x01(\x04\" \n\rProbeResponse\x12\x0f\n\x07padding\x18\x01 \x01(\x0c\".\n\x0cStateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x65nter\x18\x02 \x01(\t*\xa2\x01\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_NONE\x10\x01\x12\x0e\n\nCODEC_FP16\x10\x02\x12\x0e\n\nCODEC_BF16\x10\x03\x12\x0e\n\nCODEC_INT8\x10\x04\x12\x0e\n\nCODEC_INT4\x10\x05\x12\x0e\n\nCODEC_TOPK\x10\x06\x12\x0e\n\nCODEC_SIGN\x10\x07\x12\x12\n\x0e\x43ODEC_POWERSGD\x10\x08*k\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x32\x88\x02\n\x07Gateway\x12J\n\tHandshake\x12\x1d.suanwang.v1.HandshakeRequest\x1a\x1e.suanwang.v1.HandshakeResponse\x12\x32\n\x04Push\x12\x12.suanwang.v1.Chunk\x1a\x14.suanwang.v1.PushAck(\x01\x12>\n\x05Probe\x12\x19.suanwang.v1.ProbeRequest\x1a\x1a.suanwang.v1.ProbeResponse\x12=\n\nFetchState\x12\x19.suanwang.v1.StateRequest\x1a\x12.suanwang.v1.Chunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,28 +33,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PAYLOADHEADER_CODECPARAMSENTRY']._loaded_options = None
   _globals['_PAYLOADHEADER_CODECPARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_CODEC']._serialized_start=854
-  _globals['_CODEC']._serialized_end=1016
-  _globals['_DTYPE']._serialized_start=1018
-  _globals['_DTYPE']._serialized_end=1125
+  _globals['_CODEC']._serialized_start=870
+  _globals['_CODEC']._serialized_end=1032
+  _globals['_DTYPE']._serialized_start=1034
+  _globals['_DTYPE']._serialized_end=1141
   _globals['_HANDSHAKEREQUEST']._serialized_start=38
   _globals['_HANDSHAKEREQUEST']._serialized_end=129
   _globals['_HANDSHAKERESPONSE']._serialized_start=131
   _globals['_HANDSHAKERESPONSE']._serialized_end=208
   _globals['_PAYLOADHEADER']._serialized_start=211
-  _globals['_PAYLOADHEADER']._serialized_end=549
-  _globals['_PAYLOADHEADER_CODECPARAMSENTRY']._serialized_start=499
-  _globals['_PAYLOADHEADER_CODECPARAMSENTRY']._serialized_end=549
-  _globals['_CHUNK']._serialized_start=551
-  _globals['_CHUNK']._serialized_end=646
-  _globals['_PUSHACK']._serialized_start=648
-  _globals['_PUSHACK']._serialized_end=715
-  _globals['_PROBEREQUEST']._serialized_start=717
-  _globals['_PROBEREQUEST']._serialized_end=769
-  _globals['_PROBERESPONSE']._serialized_start=771
-  _globals['_PROBERESPONSE']._serialized_end=803
-  _globals['_STATEREQUEST']._serialized_start=805
-  _globals['_STATEREQUEST']._serialized_end=851
-  _globals['_GATEWAY']._serialized_start=1128
-  _globals['_GATEWAY']._serialized_end=1392
+  _globals['_PAYLOADHEADER']._serialized_end=565
+  _globals['_PAYLOADHEADER_CODECPARAMSENTRY']._serialized_start=515
+  _globals['_PAYLOADHEADER_CODECPARAMSENTRY']._serialized_end=565
+  _globals['_CHUNK']._serialized_start=567
+  _globals['_CHUNK']._serialized_end=662
+  _globals['_PUSHACK']._serialized_start=664
+  _globals['_PUSHACK']._serialized_end=731
+  _globals['_PROBEREQUEST']._serialized_start=733
+  _globals['_PROBEREQUEST']._serialized_end=785
+  _globals['_PROBERESPONSE']._serialized_start=787
+  _globals['_PROBERESPONSE']._serialized_end=819
+  _globals['_STATEREQUEST']._serialized_start=821
+  _globals['_STATEREQUEST']._serialized_end=867
+  _globals['_GATEWAY']._serialized_start=1144
+  _globals['_GATEWAY']._serialized_end=1408
 # @@protoc_insertion_point(module_scope)

@@ -64,7 +64,7 @@ class HandshakeResponse(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., job_id: _Optional[str] = ..., center: _Optional[str] = ...) -> None: ...
 
 class PayloadHeader(_message.Message):
-    __slots__ = ("job_id", "round", "sender", "name", "codec", "dtype", "shape", "num_chunks", "total_bytes", "samples", "codec_params")
+    __slots__ = ("job_id", "round", "sender", "name", "codec", "dtype", "shape", "num_chunks", "total_bytes", "samples", "codec_params", "sha256")
     class CodecParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class PayloadHeader(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     CODEC_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     sender: str
@@ -94,7 +95,8 @@ class PayloadHeader(_message.Message):
     total_bytes: int
     samples: int
     codec_params: _containers.ScalarMap[str, str]
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., sender: _Optional[str] = ..., name: _Optional[str] = ..., codec: _Optional[_Union[Codec, str]] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., num_chunks: _Optional[int] = ..., total_bytes: _Optional[int] = ..., samples: _Optional[int] = ..., codec_params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    sha256: str
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., sender: _Optional[str] = ..., name: _Optional[str] = ..., codec: _Optional[_Union[Codec, str]] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., num_chunks: _Optional[int] = ..., total_bytes: _Optional[int] = ..., samples: _Optional[int] = ..., codec_params: _Optional[_Mapping[str, str]] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("header", "index", "data", "crc32")
