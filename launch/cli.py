@@ -117,6 +117,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\nsuanwang: interrupted; every center was stopped", file=sys.stderr)
         return 130
     print(_summary(result))
+    out_dir = cfg.job.resolved_output_dir
+    result.write_json(out_dir / "result.json")
+    print(f"wrote {out_dir / 'result.json'}")
     if args.json:
         result.write_json(args.json)
         print(f"wrote {args.json}")

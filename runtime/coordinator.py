@@ -188,7 +188,7 @@ class Coordinator:
         if len(flat) > 1:
             self.params_agree = False
             self._event(f"round {r}: parameters differ across centers: {digests}")
-        per_center = {}
+        per_center, round_links = {}, {}
         for name, rep in reports.items():
             red = reduced.get(name)
             sent_by_peer = red.bytes_sent if red is not None else {p: s.bytes_sent for p, s in rep.sent.items()}
@@ -196,6 +196,7 @@ class Coordinator:
             for peer, nbytes in sent_by_peer.items():
                 key = "<->".join(sorted((name, peer)))
                 self.link_bytes[key] = self.link_bytes.get(key, 0) + nbytes
+                round_links[key] = round_links.get(key, 0) + nbytes
                 sent += nbytes
             tot = self.totals[name]
             tot.wan_bytes_sent += sent
@@ -217,6 +218,7 @@ class Coordinator:
             excluded=dict(decision.excluded),
             eval_loss=eval_loss,
             wan_bytes=self.wan_bytes,
+            link_bytes=round_links,
             centers=per_center,
             abandoned=self.abandoned,
         )

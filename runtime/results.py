@@ -32,6 +32,8 @@ class RoundRecord:
     excluded: dict[str, str]
     eval_loss: float | None
     wan_bytes: int
+    # bytes each link carried in this round (both directions)
+    link_bytes: dict[str, int]
     centers: dict[str, dict[str, Any]]
     # a participant failed to reduce and every participant rolled the round back
     abandoned: bool = False

@@ -84,6 +84,10 @@ def test_demo_cli_trains_agrees_counts_bytes_and_leaves_nothing(tmp_path):
     assert len(res["history"]) == res["rounds"] == load_config(demo_config_path(), environ={}).rounds
     cum = [h["wan_bytes"] for h in res["history"]]
     assert cum == sorted(cum) and cum[-1] == res["wan_bytes"]
+    assert sum(sum(h["link_bytes"].values()) for h in res["history"]) == res["wan_bytes"]
+    for key, link in res["links"].items():
+        assert link["measured"]["rtt_ms"] > 0, key
+    assert json.loads((tmp_path / "runs" / "demo" / "result.json").read_text())["wan_bytes"] == res["wan_bytes"]
     assert all(h["eval_loss"] is not None for h in res["history"])
     _assert_gone(seen)
 
