@@ -169,6 +169,13 @@ class WanConfig(_Section):
         return self
 
 
+class CodecGroupConfig(_Section):
+    """Parameters whose names match ``match`` (fnmatch glob, e.g. ``*.bias``) use ``codec``."""
+
+    match: Annotated[str, Field(min_length=1)]
+    codec: CodecConfig
+
+
 class JobConfig(_Section):
     """A whole launch config."""
 
@@ -178,6 +185,8 @@ class JobConfig(_Section):
     strategy: StrategyConfig = DilocoStrategy(kind="diloco")
     optimizer: OptimizerConfig = OptimizerConfig()
     codec: CodecConfig = CodecConfig()
+    # Per tensor group codecs: the first matching entry wins; unmatched parameters use `codec`.
+    codec_groups: list[CodecGroupConfig] = []
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()

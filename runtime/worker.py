@@ -19,6 +19,7 @@ from suanwang.runtime import device as devices
 from suanwang.runtime.config import JobConfig
 from suanwang.runtime.faults import Fault, fire
 from suanwang.runtime.flat import digest, flatten, unflatten_into
+from suanwang.runtime.groups import group_order, group_sizes
 from suanwang.runtime.functions import DataShard, JobFunctions, batch_samples, batch_to
 from suanwang.runtime.strategies import LocalStats, worker_strategy
 
@@ -65,7 +66,11 @@ class Worker:
         # Same seed everywhere: every replica of every center starts bit-identical.
         torch.manual_seed(cfg.job.seed)
         self.model = fns.model_fn().to(self.device)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        # the flat layout is group by group, so each codec group is one contiguous range
+        order, _ = group_order([n for n, _ in named], cfg)
+        self.param_names = [named[i][0] for i in order]
+        self.params = [named[i][1] for i in order]
         self.numel = sum(p.numel() for p in self.params)
         opt_fn = fns.optimizer_fn or (lambda ps: default_optimizer(cfg, ps))
         self.optimizer = opt_fn(self.params)
@@ -171,6 +176,10 @@ class Worker:
     def load_params_vector(self, flat: torch.Tensor) -> None:
         unflatten_into(flat.to(self.device), self.params)
         self.round_start = flat.detach().to(torch.float32).cpu().clone()
+
+    def group_sizes(self) -> list[tuple[int, int]]:
+        """``[(group index, elements)]`` of the flat layout (see :mod:`suanwang.runtime.groups`)."""
+        return group_sizes(self.param_names, [p.numel() for p in self.params], self.cfg)
 
     def params_digest(self) -> str:
         return digest(self.params_vector())

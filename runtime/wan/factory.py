@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from suanwang.runtime.config import JobConfig
+from suanwang.runtime.groups import group_codecs
 from suanwang.runtime.strategies import center_strategy
 from suanwang.runtime.wan.gateway import Gateway
 from suanwang.runtime.wan.linkfaults import LinkFault, LinkFaults
@@ -15,10 +16,15 @@ log = logging.getLogger(__name__)
 
 
 def build_gateway(
-    center: str, cfg: JobConfig, numel: int, token: str, link_faults: tuple[LinkFault, ...] = ()
+    center: str,
+    cfg: JobConfig,
+    group_sizes: list[tuple[int, int]],
+    token: str,
+    link_faults: tuple[LinkFault, ...] = (),
 ) -> Gateway:
-    """The gateway of ``center`` for the job ``cfg`` with a ``numel``-element contribution;
-    ``link_faults`` script faults on what it sends (drills and tests).
+    """The gateway of ``center`` for the job ``cfg``; ``group_sizes`` is the workers' flat
+    layout (``[(group index, elements)]``); ``link_faults`` script faults on what it sends
+    (drills and tests).
 
     Raises:
         ValueError: a TLS file is missing or unreadable (naming the config field).
@@ -38,8 +44,9 @@ def build_gateway(
         peers=peers,
         transport=transport,
         codec=cfg.codec.build(),
+        groups=group_codecs(group_sizes, cfg),
         strategy=center_strategy(cfg),
-        numel=numel,
+        numel=sum(n for _, n in group_sizes),
         job_id=cfg.job.name,
         chunk_bytes=cfg.wan.chunk_bytes,
         max_payload_bytes=cfg.wan.max_payload_bytes,

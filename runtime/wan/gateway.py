@@ -41,13 +41,29 @@ from suanwang.v1 import wan_pb2
 
 log = logging.getLogger(__name__)
 
-PAYLOAD_NAME = "update"
+PAYLOAD_NAME = "g0"  # the payload of the first (often only) tensor group
 # Codecs whose decoded values can be summed and re-encoded hop by hop without error
 # feedback; the others (sparse, sign, low-rank) are all-gathered.
 RING_CODECS = frozenset(
     {wan_pb2.CODEC_NONE, wan_pb2.CODEC_FP16, wan_pb2.CODEC_BF16, wan_pb2.CODEC_INT8, wan_pb2.CODEC_INT4}
 )
-_SEGMENT = re.compile(r"^(rs|ag)\.(\d+)\.(\d+)$")
+_NAME = re.compile(r"^g(\d+)(?:\.(rs|ag)\.(\d+)\.(\d+))?$")
+
+
+@dataclasses.dataclass
+class Group:
+    """A tensor group: a contiguous range of the flat contribution with its own codec
+    and error-feedback state. Its payloads are named ``g<index>``."""
+
+    name: str
+    start: int
+    stop: int
+    codec: Codec
+    state: CodecState = dataclasses.field(default_factory=CodecState)
+
+    @property
+    def numel(self) -> int:
+        return self.stop - self.start
 
 
 class ReduceError(RuntimeError):
@@ -99,6 +115,8 @@ class Gateway:
         chunk_bytes / max_payload_bytes: wire limits.
         schedule: ``gather``, ``ring`` or ``auto`` (ring for dense codecs and 3+ centers).
         bandwidth: declared bandwidth between two centers (orders the ring).
+        groups: ``[(numel, codec), ...]`` splitting the contribution into consecutive tensor
+            groups with their own codecs (default: one group with ``codec``).
     """
 
     def __init__(
@@ -114,14 +132,20 @@ class Gateway:
         max_payload_bytes: int,
         schedule: str = "auto",
         bandwidth: Callable[[str, str], float] | None = None,
+        groups: list[tuple[int, Codec]] | None = None,
     ):
         if schedule not in ("auto", "gather", "ring"):
             raise ValueError(f"schedule {schedule!r}: expected auto, gather or ring")
         self.center = center
         self.peers = sorted(peers)
         self.transport = transport
-        self.codec = codec
-        self.codec_state = CodecState()
+        self.groups: list[Group] = []
+        start = 0
+        for i, (size, c) in enumerate(groups or [(numel, codec)]):
+            self.groups.append(Group(f"g{i}", start, start + size, c))
+            start += size
+        if start != numel:
+            raise ValueError(f"{center}: tensor groups cover {start} elements, the contribution has {numel}")
         self.strategy = strategy
         self.numel = numel
         self.job_id = job_id
@@ -133,7 +157,8 @@ class Gateway:
         self._cond = threading.Condition()
         # round -> (sender, name) -> (decoded fp32 tensor, samples, encoded bytes as received)
         self._inbox: dict[int, dict[tuple[str, str], tuple[torch.Tensor, int, Encoded]]] = {}
-        self._own: dict[int, tuple[torch.Tensor, int]] = {}
+        # round -> (own contribution, indices of the groups reduced by the ring)
+        self._own: dict[int, tuple[torch.Tensor, list[int]]] = {}
         self._mean: dict[int, torch.Tensor] = {}
         self.round_bytes: dict[int, dict[str, int]] = {}
         self.address: str | None = None
@@ -158,10 +183,10 @@ class Gateway:
     def close(self) -> None:
         self.transport.close()
 
-    def schedule_for(self, centers: int) -> str:
+    def schedule_for(self, group: Group, centers: int) -> str:
         if self.schedule != "auto":
             return self.schedule
-        return "ring" if centers >= 3 and self.codec.kind in RING_CODECS else "gather"
+        return "ring" if centers >= 3 and group.codec.kind in RING_CODECS else "gather"
 
     # ------------------------------------------------------------ inbound (transport threads)
     def _round_ok(self, r: int) -> bool:
@@ -170,13 +195,14 @@ class Gateway:
         return self.round <= r <= self.round + 1
 
     def _shape_of(self, name: str) -> tuple[int, ...]:
-        if name == PAYLOAD_NAME:
-            return (self.numel,)
-        m = _SEGMENT.match(name)
-        if m:
-            n, s = int(m.group(2)), int(m.group(3))
-            if 2 <= n <= len(self.peers) + 1 and s < n:
-                start, stop = segments(self.numel, n)[s]
+        m = _NAME.match(name)
+        if m and int(m.group(1)) < len(self.groups):
+            numel = self.groups[int(m.group(1))].numel
+            if m.group(2) is None:
+                return (numel,)
+            n, s = int(m.group(3)), int(m.group(4))
+            if 1 <= n <= len(self.peers) + 1 and s < n:
+                start, stop = segments(numel, n)[s]
                 return (stop - start,)
         raise KeyError(name)
 
@@ -277,24 +303,36 @@ class Gateway:
         if own.numel() != self.numel:
             raise ValueError(f"{self.center}: contribution has {own.numel()} elements, expected {self.numel}")
         peers = [p for p in self.peers if live is None or p in live]
-        schedule = self.schedule_for(len(peers) + 1)
-        if schedule == "ring":
-            self._own[round] = (own, int(samples))
-            return Contribution(self.center, round, schedule, [self.center], int(samples), {}, 0.0, 0.0)
-        t0 = time.perf_counter()
-        enc = self.codec.encode(own, self.codec_state)
-        # Keep what the peers will decode, so every center reduces the same values.
-        with self._cond:
-            self._inbox.setdefault(round, {})[(self.center, PAYLOAD_NAME)] = (decode(enc), int(samples), enc)
-        encode_s = time.perf_counter() - t0
+        ring = [i for i, g in enumerate(self.groups) if self.schedule_for(g, len(peers) + 1) == "ring"]
+        gather = [g for i, g in enumerate(self.groups) if i not in ring]
+        if ring:
+            self._own[round] = (own, ring)
+        encode_s, sent = 0.0, {}
         t1 = time.perf_counter()
-        sent = self.send(round, peers, PAYLOAD_NAME, enc, samples, deadline)
-        missing = self.wait_for(round, [(p, PAYLOAD_NAME) for p in peers], deadline)
+        for g in gather:
+            t0 = time.perf_counter()
+            enc = g.codec.encode(own[g.start : g.stop], g.state)
+            # Keep what the peers will decode, so every center reduces the same values.
+            with self._cond:
+                self._inbox.setdefault(round, {})[(self.center, g.name)] = (decode(enc), int(samples), enc)
+            encode_s += time.perf_counter() - t0
+            for peer, res in self.send(round, peers, g.name, enc, samples, deadline).items():
+                prev = sent.get(peer)
+                if prev is not None:
+                    res = SendResult(peer, prev.bytes_sent + res.bytes_sent, prev.seconds + res.seconds, prev.error or res.error)
+                sent[peer] = res
+        missing = self.wait_for(round, [(p, g.name) for p in peers for g in gather], deadline)
         if missing:
-            log.warning("%s: round %d: deadline passed without %s", self.center, round, [m[0] for m in missing])
+            log.warning("%s: round %d: deadline passed without %s", self.center, round, sorted({m[0] for m in missing}))
         with self._cond:
-            held = sorted(s for (s, n) in self._inbox.get(round, {}) if n == PAYLOAD_NAME)
-        return Contribution(self.center, round, schedule, held, int(samples), sent, encode_s, time.perf_counter() - t1)
+            box = self._inbox.get(round, {})
+            # with nothing gathered, every live center qualifies (the ring runs after)
+            held = sorted(c for c in [self.center, *peers] if all((c, g.name) in box for g in gather))
+        schedule = "gather" if not ring else "ring" if not gather else "mixed"
+        return Contribution(
+            self.center, round, schedule, held, int(samples), sent, encode_s,
+            time.perf_counter() - t1 - encode_s,
+        )
 
     def reduce(self, round: int, participants: list[str], samples: dict[str, int], deadline: float) -> ReduceReport:
         """Phase 2: the participants' sample-weighted mean, kept until finish/abort.
@@ -303,15 +341,18 @@ class Gateway:
         """
         t0 = time.perf_counter()
         try:
-            if round in self._own:  # contribute chose the ring for this round
+            own, ring = self._own.pop(round, (None, []))
+            mean = torch.empty(self.numel, dtype=torch.float32)
+            if ring:
                 from suanwang.runtime.wan.ring import ring_allreduce
 
-                own, _ = self._own.pop(round)
                 order = ring_order(participants, self.bandwidth)
-                total = sum(samples[p] for p in participants)
-                mean = ring_allreduce(self, round, order, own.mul(samples[self.center] / total), deadline)
-            else:
-                mean = self._gathered_mean(round, participants)
+                weight = samples[self.center] / sum(samples[p] for p in participants)
+            for i, g in enumerate(self.groups):
+                if i in ring:
+                    mean[g.start : g.stop] = ring_allreduce(self, round, order, g, own[g.start : g.stop] * weight, deadline)
+                else:
+                    mean[g.start : g.stop] = self._gathered_mean(round, g.name, participants)
             self._mean[round] = mean
             ok, error = True, None
         except (ReduceError, PayloadError, KeyError) as err:
@@ -319,13 +360,13 @@ class Gateway:
             log.warning("%s: round %d: reduce failed: %s", self.center, round, error)
         return ReduceReport(self.center, round, ok, error, time.perf_counter() - t0, dict(self.round_bytes.get(round, {})))
 
-    def _gathered_mean(self, round: int, participants: list[str]) -> torch.Tensor:
+    def _gathered_mean(self, round: int, name: str, participants: list[str]) -> torch.Tensor:
         with self._cond:
             box = self._inbox.get(round, {})
-            missing = [p for p in participants if (p, PAYLOAD_NAME) not in box]
+            missing = [p for p in participants if (p, name) not in box]
             if missing:
-                raise ReduceError(f"round {round}: no payload from {missing}")
-            picked = {p: box[(p, PAYLOAD_NAME)][:2] for p in participants}
+                raise ReduceError(f"round {round}: no {name} payload from {missing}")
+            picked = {p: box[(p, name)][:2] for p in participants}
         return weighted_mean(picked)
 
     def _close_round(self, round: int) -> None:

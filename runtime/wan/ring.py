@@ -20,11 +20,13 @@ import torch
 from suanwang.runtime.topology import segments
 
 if TYPE_CHECKING:
-    from suanwang.runtime.wan.gateway import Gateway
+    from suanwang.runtime.wan.gateway import Gateway, Group
 
 
-def ring_allreduce(gw: "Gateway", round: int, order: list[str], weighted: torch.Tensor, deadline: float) -> torch.Tensor:
-    """Sum ``weighted`` (this center's contribution times its weight) over ``order``.
+def ring_allreduce(
+    gw: "Gateway", round: int, order: list[str], group: "Group", weighted: torch.Tensor, deadline: float
+) -> torch.Tensor:
+    """Sum ``weighted`` (this center's part of ``group``, times its weight) over ``order``.
 
     Raises:
         ReduceError: a send failed or a segment did not arrive before ``deadline``.
@@ -53,20 +55,20 @@ def ring_allreduce(gw: "Gateway", round: int, order: list[str], weighted: torch.
     acc = weighted
     for k in range(n - 1):
         s_out, s_in = (i - k) % n, (i - k - 1) % n
-        enc = gw.codec.encode(seg(acc, s_out).contiguous())
-        send(f"rs.{n}.{s_out}", enc)
+        enc = group.codec.encode(seg(acc, s_out).contiguous())
+        send(f"{group.name}.rs.{n}.{s_out}", enc)
         enc.release()
-        partial, _, _ = receive(f"rs.{n}.{s_in}")
+        partial, _, _ = receive(f"{group.name}.rs.{n}.{s_in}")
         seg(acc, s_in).add_(partial)
 
     out = torch.empty_like(acc)
     owned = (i + 1) % n
-    enc = gw.codec.encode(seg(acc, owned).contiguous())
+    enc = group.codec.encode(seg(acc, owned).contiguous())
     seg(out, owned).copy_(decode(enc))
     for k in range(n - 1):
         s_in = (i - k) % n  # the segment the predecessor forwards in step k
-        send(f"ag.{n}.{(owned - k) % n}", enc)
+        send(f"{group.name}.ag.{n}.{(owned - k) % n}", enc)
         enc.release()
-        value, _, enc = receive(f"ag.{n}.{s_in}")
+        value, _, enc = receive(f"{group.name}.ag.{n}.{s_in}")
         seg(out, s_in).copy_(value)
     return out

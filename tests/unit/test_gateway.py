@@ -325,3 +325,40 @@ def test_link_faults_on_the_real_transport(gateways, action, extra, expect_held,
     reps = run_round(gws, 1, {"a": torch.ones(NUMEL), "b": torch.ones(NUMEL)}, {"a": 1, "b": 1})
     assert reps["a"].held == ["a", "b"]
     assert time.time() - t0 < 15
+
+
+def test_tensor_groups_with_their_own_codecs_and_schedules(gateways):
+    from suanwang.runtime.compress.registry import make_codec
+
+    names = ("a", "b", "c")
+    made = {}
+    for n in names:
+        peers = [p for p in names if p != n]
+        t = tr.GrpcTransport(tr.Identity(JOB, n, TOKEN, frozenset(peers)), chunk_bytes=CHUNK)
+        groups = [(1000, make_codec("topk", ratio=1.0)), (NUMEL - 1000, NoneCodec())]
+        made[n] = Gateway(n, peers, t, NoneCodec(), DilocoCenter(1.0, 0.0, False), NUMEL, JOB, CHUNK, 10**7, groups=groups)
+    try:
+        addrs = {n: made[n].start() for n in names}
+        for n in names:
+            made[n].connect(addrs)
+            made[n].init(torch.zeros(NUMEL))
+        g = torch.Generator().manual_seed(6)
+        tensors = {n: torch.randn(NUMEL, generator=g) for n in names}
+        samples = {"a": 1, "b": 2, "c": 3}
+        reps = run_round(made, 0, tensors, samples)
+        assert {r.schedule for r in reps.values()} == {"mixed"}  # topk gathers, none rings
+        out = commit(made, 0, list(names), samples)
+        assert len({digest(t) for t in out.values()}) == 1
+        ref = -sum(tensors[n].double() * samples[n] for n in names) / 6
+        torch.testing.assert_close(out["a"].double(), ref, rtol=1e-5, atol=1e-5)
+        names_sent = {k[1] for k in made["a"]._inbox.get(0, {})}
+        assert not names_sent  # everything consumed or cleared
+    finally:
+        for gw in made.values():
+            gw.close()
+
+
+def test_groups_must_cover_the_contribution():
+    t = tr.GrpcTransport(tr.Identity(JOB, "a", TOKEN, frozenset({"b"})))
+    with pytest.raises(ValueError, match="cover 10 elements, the contribution has 3000"):
+        Gateway("a", ["b"], t, NoneCodec(), DilocoCenter(1.0, 0.0, False), NUMEL, JOB, CHUNK, 10**7, groups=[(10, NoneCodec())])
