@@ -45,8 +45,8 @@ class WorkerActor:
     def numel(self) -> int:
         return self.w.numel
 
-    def group_sizes(self) -> list[tuple[int, int]]:
-        return self.w.group_sizes()
+    def layout(self) -> list:
+        return self.w.layout()
 
     def params_vector(self):
         return self.w.params_vector()
@@ -74,11 +74,11 @@ class WorkerActor:
 class GatewayActor:
     """Ray shell of :class:`suanwang.runtime.wan.gateway.Gateway`."""
 
-    def __init__(self, center: str, cfg: JobConfig, group_sizes: list, token: str, link_faults: tuple = ()):
+    def __init__(self, center: str, cfg: JobConfig, layout: list, token: str, link_faults: tuple = ()):
         _setup_logging()
         from suanwang.runtime.wan.factory import build_gateway
 
-        self.g = build_gateway(center, cfg, group_sizes, token, link_faults)
+        self.g = build_gateway(center, cfg, layout, token, link_faults)
 
     def start(self) -> str:
         return self.g.start()

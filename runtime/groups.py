@@ -1,21 +1,31 @@
-"""Tensor groups: which parameters share a codec on the WAN.
+"""Tensor groups: which parameters share a payload and a codec on the WAN.
 
-Parameters are laid out in the flat contribution group by group (in model order inside a
-group), so each group is one contiguous range and one payload.
+Parameters are laid out in the flat contribution config group by config group (model order
+inside each), so every payload group is one contiguous range. A config group becomes one
+payload group, except under a codec that needs each tensor's shape (``powersgd`` views a
+tensor as a matrix): there every tensor of at least ``min_compress_numel`` elements is its
+own payload group, and runs of smaller tensors are merged and sent uncompressed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import math
 from typing import Sequence
 
-from suanwang.runtime.compress import Codec
+from suanwang.runtime.compress import Codec, make_codec
 from suanwang.runtime.config import JobConfig
+
+PER_TENSOR_CODECS = frozenset({"powersgd"})
+
+LayoutEntry = tuple[int, str, tuple[int, ...]]
+"""(config group index, parameter name, shape), in flat-layout order."""
 
 
 def group_of(name: str, cfg: JobConfig) -> int:
-    """Index of the group of parameter ``name``: 1 + the first matching ``codec_groups``
-    entry, or 0 (the default ``codec``)."""
+    """Index of the config group of parameter ``name``: 1 + the first matching
+    ``codec_groups`` entry, or 0 (the default ``codec``)."""
     for i, g in enumerate(cfg.codec_groups):
         if fnmatch.fnmatchcase(name, g.match):
             return i + 1
@@ -23,23 +33,45 @@ def group_of(name: str, cfg: JobConfig) -> int:
 
 
 def group_order(names: Sequence[str], cfg: JobConfig) -> tuple[list[int], list[int]]:
-    """Returns ``(order, sizes_index)``: parameter indices sorted by group (stable), and the
-    group index of each parameter in that order."""
+    """Parameter indices sorted by config group (stable), and each one's group index."""
     groups = [group_of(n, cfg) for n in names]
     order = sorted(range(len(names)), key=lambda i: groups[i])
     return order, [groups[i] for i in order]
 
 
-def group_sizes(names: Sequence[str], numels: Sequence[int], cfg: JobConfig) -> list[tuple[int, int]]:
-    """``[(group index, elements)]`` for the non-empty groups, in layout order."""
-    order, gidx = group_order(names, cfg)
-    sizes: dict[int, int] = {}
-    for i, g in zip(order, gidx):
-        sizes[g] = sizes.get(g, 0) + numels[i]
-    return sorted(sizes.items())
+@dataclasses.dataclass(frozen=True)
+class GroupPlan:
+    """One payload group: ``numel`` consecutive elements of the flat layout."""
+
+    config_index: int
+    numel: int
+    shape: tuple[int, ...] | None = None  # one tensor, encoded with its shape
+    dense: bool = False  # small tensors of a per-tensor codec, sent uncompressed
 
 
-def group_codecs(sizes: list[tuple[int, int]], cfg: JobConfig) -> list[tuple[int, Codec]]:
-    """``[(elements, codec)]`` for the gateway, one per non-empty group."""
+def plan_groups(layout: Sequence[LayoutEntry], cfg: JobConfig) -> list[GroupPlan]:
     specs = [cfg.codec] + [g.codec for g in cfg.codec_groups]
-    return [(n, specs[g].build()) for g, n in sizes]
+    out: list[GroupPlan] = []
+    for cidx, _name, shape in layout:
+        spec = specs[cidx]
+        numel = math.prod(shape)
+        per_tensor = spec.kind in PER_TENSOR_CODECS
+        if per_tensor and numel >= max(spec.min_compress_numel, 1) and len(shape) >= 2:
+            out.append(GroupPlan(cidx, numel, tuple(shape)))
+            continue
+        last = out[-1] if out else None
+        if last is not None and last.config_index == cidx and last.shape is None and last.dense == per_tensor:
+            out[-1] = dataclasses.replace(last, numel=last.numel + numel)
+        else:
+            out.append(GroupPlan(cidx, numel, None, per_tensor))
+    return out
+
+
+def build_groups(layout: Sequence[LayoutEntry], cfg: JobConfig) -> list[tuple[int, Codec, tuple[int, ...] | None]]:
+    """``[(elements, codec, shape or None)]`` for the gateway, in layout order."""
+    specs = [cfg.codec] + [g.codec for g in cfg.codec_groups]
+    out = []
+    for g in plan_groups(layout, cfg):
+        codec = make_codec("none") if g.dense else specs[g.config_index].build()
+        out.append((g.numel, codec, g.shape))
+    return out

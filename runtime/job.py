@@ -116,8 +116,7 @@ class Job:
             self._actors += workers
             handles.append(CenterHandle(c.name, workers, None))
             handles[-1]._pg = pg
-        group_sizes = ray.get(handles[0].leader.group_sizes.remote(), timeout=_START_TIMEOUT_S)
-        log.info("tensor groups (index, elements): %s", group_sizes)
+        layout = ray.get(handles[0].leader.layout.remote(), timeout=_START_TIMEOUT_S)
         for h in handles:
             h.gateway = GatewayActor.options(
                 num_cpus=1,
@@ -125,7 +124,7 @@ class Job:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     h._pg, placement_group_bundle_index=len(h.workers)
                 ),
-            ).remote(h.name, cfg, group_sizes, self.token, self.link_faults)
+            ).remote(h.name, cfg, layout, self.token, self.link_faults)
             self._actors.append(h.gateway)
         # intra-center groups: rank 0 hosts the rendezvous store
         for h in handles:

@@ -19,7 +19,7 @@ from suanwang.runtime import device as devices
 from suanwang.runtime.config import JobConfig
 from suanwang.runtime.faults import Fault, fire
 from suanwang.runtime.flat import digest, flatten, unflatten_into
-from suanwang.runtime.groups import group_order, group_sizes
+from suanwang.runtime.groups import group_of, group_order
 from suanwang.runtime.functions import DataShard, JobFunctions, batch_samples, batch_to
 from suanwang.runtime.strategies import LocalStats, worker_strategy
 
@@ -177,9 +177,10 @@ class Worker:
         unflatten_into(flat.to(self.device), self.params)
         self.round_start = flat.detach().to(torch.float32).cpu().clone()
 
-    def group_sizes(self) -> list[tuple[int, int]]:
-        """``[(group index, elements)]`` of the flat layout (see :mod:`suanwang.runtime.groups`)."""
-        return group_sizes(self.param_names, [p.numel() for p in self.params], self.cfg)
+    def layout(self) -> list[tuple[int, str, tuple[int, ...]]]:
+        """The flat layout: (config group, name, shape) per parameter, in order (see
+        :mod:`suanwang.runtime.groups`)."""
+        return [(group_of(n, self.cfg), n, tuple(p.shape)) for n, p in zip(self.param_names, self.params)]
 
     def params_digest(self) -> str:
         return digest(self.params_vector())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from suanwang.runtime.config import JobConfig
-from suanwang.runtime.groups import group_codecs
+from suanwang.runtime.groups import build_groups
 from suanwang.runtime.strategies import center_strategy
 from suanwang.runtime.wan.gateway import Gateway
 from suanwang.runtime.wan.linkfaults import LinkFault, LinkFaults
@@ -18,12 +18,12 @@ log = logging.getLogger(__name__)
 def build_gateway(
     center: str,
     cfg: JobConfig,
-    group_sizes: list[tuple[int, int]],
+    layout: list[tuple[int, str, tuple[int, ...]]],
     token: str,
     link_faults: tuple[LinkFault, ...] = (),
 ) -> Gateway:
-    """The gateway of ``center`` for the job ``cfg``; ``group_sizes`` is the workers' flat
-    layout (``[(group index, elements)]``); ``link_faults`` script faults on what it sends
+    """The gateway of ``center`` for the job ``cfg``; ``layout`` is the workers' flat layout
+    (see :mod:`suanwang.runtime.groups`); ``link_faults`` script faults on what it sends
     (drills and tests).
 
     Raises:
@@ -37,6 +37,8 @@ def build_gateway(
     peers = [c.name for c in cfg.centers if c.name != center]
     identity = Identity(cfg.job.name, center, token, frozenset(peers))
     transport = GrpcTransport(identity, host=cfg.wan.host, chunk_bytes=cfg.wan.chunk_bytes, tls=tls)
+    groups = build_groups(layout, cfg)
+    log.info("%s: %d payload groups: %s", center, len(groups), [(n, c.kind, s) for n, c, s in groups])
     if link_faults:
         transport.faults = LinkFaults(center, link_faults)
     return Gateway(
@@ -44,9 +46,9 @@ def build_gateway(
         peers=peers,
         transport=transport,
         codec=cfg.codec.build(),
-        groups=group_codecs(group_sizes, cfg),
+        groups=groups,
         strategy=center_strategy(cfg),
-        numel=sum(n for _, n in group_sizes),
+        numel=sum(n for n, _, _ in groups),
         job_id=cfg.job.name,
         chunk_bytes=cfg.wan.chunk_bytes,
         max_payload_bytes=cfg.wan.max_payload_bytes,

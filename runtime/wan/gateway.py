@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import threading
 import time
@@ -59,6 +60,7 @@ class Group:
     start: int
     stop: int
     codec: Codec
+    shape: tuple[int, ...] | None = None  # encoded with this shape (matrix codecs)
     state: CodecState = dataclasses.field(default_factory=CodecState)
 
     @property
@@ -115,8 +117,8 @@ class Gateway:
         chunk_bytes / max_payload_bytes: wire limits.
         schedule: ``gather``, ``ring`` or ``auto`` (ring for dense codecs and 3+ centers).
         bandwidth: declared bandwidth between two centers (orders the ring).
-        groups: ``[(numel, codec), ...]`` splitting the contribution into consecutive tensor
-            groups with their own codecs (default: one group with ``codec``).
+        groups: ``[(numel, codec, shape or None), ...]`` splitting the contribution into
+            consecutive tensor groups with their own codecs (default: one group with ``codec``).
     """
 
     def __init__(
@@ -132,7 +134,7 @@ class Gateway:
         max_payload_bytes: int,
         schedule: str = "auto",
         bandwidth: Callable[[str, str], float] | None = None,
-        groups: list[tuple[int, Codec]] | None = None,
+        groups: list[tuple[int, Codec, tuple[int, ...] | None]] | None = None,
     ):
         if schedule not in ("auto", "gather", "ring"):
             raise ValueError(f"schedule {schedule!r}: expected auto, gather or ring")
@@ -141,8 +143,10 @@ class Gateway:
         self.transport = transport
         self.groups: list[Group] = []
         start = 0
-        for i, (size, c) in enumerate(groups or [(numel, codec)]):
-            self.groups.append(Group(f"g{i}", start, start + size, c))
+        for i, (size, c, shape) in enumerate(groups or [(numel, codec, None)]):
+            if shape is not None and math.prod(shape) != size:
+                raise ValueError(f"{center}: group {i} has shape {shape} but {size} elements")
+            self.groups.append(Group(f"g{i}", start, start + size, c, shape))
             start += size
         if start != numel:
             raise ValueError(f"{center}: tensor groups cover {start} elements, the contribution has {numel}")
@@ -184,9 +188,11 @@ class Gateway:
         self.transport.close()
 
     def schedule_for(self, group: Group, centers: int) -> str:
-        if self.schedule != "auto":
-            return self.schedule
-        return "ring" if centers >= 3 and group.codec.kind in RING_CODECS else "gather"
+        """``ring`` (when configured, or on auto with 3+ centers) for groups whose codec can
+        be summed hop by hop; ``gather`` otherwise."""
+        if group.codec.kind not in RING_CODECS or group.shape is not None or self.schedule == "gather":
+            return "gather"
+        return "ring" if self.schedule == "ring" or centers >= 3 else "gather"
 
     # ------------------------------------------------------------ inbound (transport threads)
     def _round_ok(self, r: int) -> bool:
@@ -197,9 +203,10 @@ class Gateway:
     def _shape_of(self, name: str) -> tuple[int, ...]:
         m = _NAME.match(name)
         if m and int(m.group(1)) < len(self.groups):
-            numel = self.groups[int(m.group(1))].numel
+            group = self.groups[int(m.group(1))]
+            numel = group.numel
             if m.group(2) is None:
-                return (numel,)
+                return group.shape or (numel,)
             n, s = int(m.group(3)), int(m.group(4))
             if 1 <= n <= len(self.peers) + 1 and s < n:
                 start, stop = segments(numel, n)[s]
@@ -229,8 +236,9 @@ class Gateway:
             raise PayloadError(f"{where}: {err}") from None
         except (ValueError, RuntimeError) as err:
             raise PayloadError(f"{where}: cannot decode: {err}") from None
-        if tensor.numel() != self._shape_of(header.name)[0]:
-            raise PayloadError(f"{where}: decoded to {tensor.numel()} values, expected {self._shape_of(header.name)[0]}")
+        want = math.prod(self._shape_of(header.name))
+        if tensor.numel() != want:
+            raise PayloadError(f"{where}: decoded to {tensor.numel()} values, expected {want}")
         finite = torch.isfinite(tensor)
         if not bool(finite.all()):
             raise PayloadError(f"{where}: {int((~finite).sum())} non-finite values")
@@ -261,12 +269,14 @@ class Gateway:
             box[peer] = box.get(peer, 0) + res.bytes_sent
 
     def send(self, round: int, peers: list[str], name: str, enc: Encoded, samples: int, deadline: float) -> dict[str, SendResult]:
-        meta = Meta(self.job_id, round, self.center, name, int(samples))
-        sent = self.transport.send(peers, meta, enc, timeout=max(0.1, deadline - time.time()))
+        return self.send_batch(round, peers, [(Meta(self.job_id, round, self.center, name, int(samples)), enc)], deadline)
+
+    def send_batch(self, round: int, peers: list[str], items: list[tuple[Meta, Encoded]], deadline: float) -> dict[str, SendResult]:
+        sent = self.transport.send_batch(peers, items, timeout=max(0.1, deadline - time.time()))
         self._count(round, sent)
         for peer, res in sent.items():
             if res.error:
-                log.warning("%s: round %d: sending %s to %s failed: %s", self.center, round, name, peer, res.error)
+                log.warning("%s: round %d: sending to %s failed: %s", self.center, round, peer, res.error)
         return sent
 
     def wait_for(self, round: int, keys: list[tuple[str, str]], deadline: float) -> list[tuple[str, str]]:
@@ -309,18 +319,18 @@ class Gateway:
             self._own[round] = (own, ring)
         encode_s, sent = 0.0, {}
         t1 = time.perf_counter()
+        batch = []
         for g in gather:
             t0 = time.perf_counter()
-            enc = g.codec.encode(own[g.start : g.stop], g.state)
+            x = own[g.start : g.stop]
+            enc = g.codec.encode(x.view(g.shape) if g.shape else x, g.state)
             # Keep what the peers will decode, so every center reduces the same values.
             with self._cond:
                 self._inbox.setdefault(round, {})[(self.center, g.name)] = (decode(enc), int(samples), enc)
             encode_s += time.perf_counter() - t0
-            for peer, res in self.send(round, peers, g.name, enc, samples, deadline).items():
-                prev = sent.get(peer)
-                if prev is not None:
-                    res = SendResult(peer, prev.bytes_sent + res.bytes_sent, prev.seconds + res.seconds, prev.error or res.error)
-                sent[peer] = res
+            batch.append((Meta(self.job_id, round, self.center, g.name, int(samples)), enc))
+        if batch:
+            sent = self.send_batch(round, peers, batch, deadline)
         missing = self.wait_for(round, [(p, g.name) for p in peers for g in gather], deadline)
         if missing:
             log.warning("%s: round %d: deadline passed without %s", self.center, round, sorted({m[0] for m in missing}))

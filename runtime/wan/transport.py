@@ -342,11 +342,30 @@ class GrpcTransport:
     ) -> dict[str, SendResult]:
         """Stream one payload to each of ``peers`` concurrently; never raises on a peer's
         failure (the result says what happened)."""
-        return self._run(self._send_all(list(peers), meta, enc, timeout))
+        return self.send_batch(peers, [(meta, enc)], timeout)
 
-    async def _send_all(self, peers, meta, enc, timeout) -> dict[str, SendResult]:
-        results = await asyncio.gather(*(self._send_one(p, meta, enc, timeout) for p in peers))
-        return {r.peer: r for r in results}
+    def send_batch(
+        self, peers: Iterable[str], items: list[tuple[Meta, Encoded]], timeout: float
+    ) -> dict[str, SendResult]:
+        """Stream several payloads to each of ``peers``, all at once (gRPC multiplexes them
+        on one connection per peer, so a batch costs about one round trip, not one per
+        payload). Results are summed per peer; the first error is kept."""
+        return self._run(self._send_all(list(peers), items, timeout))
+
+    async def _send_all(self, peers, items, timeout) -> dict[str, SendResult]:
+        results = await asyncio.gather(
+            *(self._send_one(p, meta, enc, timeout) for p in peers for meta, enc in items)
+        )
+        out: dict[str, SendResult] = {}
+        for r in results:
+            prev = out.get(r.peer)
+            if prev is None:
+                out[r.peer] = r
+            else:
+                prev.bytes_sent += r.bytes_sent
+                prev.seconds = max(prev.seconds, r.seconds)
+                prev.error = prev.error or r.error
+        return out
 
     async def _send_one(self, peer: str, meta: Meta, enc: Encoded, timeout: float) -> SendResult:
         res = SendResult(peer)

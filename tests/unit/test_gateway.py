@@ -335,7 +335,7 @@ def test_tensor_groups_with_their_own_codecs_and_schedules(gateways):
     for n in names:
         peers = [p for p in names if p != n]
         t = tr.GrpcTransport(tr.Identity(JOB, n, TOKEN, frozenset(peers)), chunk_bytes=CHUNK)
-        groups = [(1000, make_codec("topk", ratio=1.0)), (NUMEL - 1000, NoneCodec())]
+        groups = [(1000, make_codec("topk", ratio=1.0), None), (NUMEL - 1000, NoneCodec(), None)]
         made[n] = Gateway(n, peers, t, NoneCodec(), DilocoCenter(1.0, 0.0, False), NUMEL, JOB, CHUNK, 10**7, groups=groups)
     try:
         addrs = {n: made[n].start() for n in names}
@@ -361,4 +361,4 @@ def test_tensor_groups_with_their_own_codecs_and_schedules(gateways):
 def test_groups_must_cover_the_contribution():
     t = tr.GrpcTransport(tr.Identity(JOB, "a", TOKEN, frozenset({"b"})))
     with pytest.raises(ValueError, match="cover 10 elements, the contribution has 3000"):
-        Gateway("a", ["b"], t, NoneCodec(), DilocoCenter(1.0, 0.0, False), NUMEL, JOB, CHUNK, 10**7, groups=[(10, NoneCodec())])
+        Gateway("a", ["b"], t, NoneCodec(), DilocoCenter(1.0, 0.0, False), NUMEL, JOB, CHUNK, 10**7, groups=[(10, NoneCodec(), None)])
