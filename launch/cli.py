@@ -28,38 +28,63 @@ def _mb(n: float) -> str:
 
 # ------------------------------------------------------------------ plan
 def predict(cfg: JobConfig) -> dict:
-    """Predicted WAN bytes and WAN time per round, from the declared links.
-
-    Every center sends its encoded contribution to every other center (all-gather).
+    """Predicted WAN bytes and WAN time per round, from the declared links and the default
+    codec: a ring moves ``2 (n - 1) / n`` payloads per center, a gather ``n - 1``.
     """
     from suanwang.models.clip import ClipConfig
+    from suanwang.runtime.wan.gateway import RING_CODECS
 
     numel = ClipConfig.preset(cfg.model.size).param_count()
     codec = cfg.codec.build()
     payload = numel * 4 / codec.estimate_ratio(numel)
-    names = [c.name for c in cfg.centers]
-    n = len(names)
+    n = len(cfg.centers)
+    ring = codec.kind in RING_CODECS and (cfg.wan.schedule == "ring" or (cfg.wan.schedule == "auto" and n >= 3))
+    per_center = payload * (2 * (n - 1) / n if ring else n - 1)
     per_link_s = {
         "<->".join(sorted(link.between)): payload * 8 / (link.bandwidth_mbit * 1e6) + link.rtt_ms / 1e3
         for link in cfg.links
     }
     return {
         "parameters": numel,
+        "schedule": "ring" if ring else "gather",
         "payload_bytes": int(payload),
-        "wan_bytes_per_round": int(payload * n * (n - 1)),
+        "wan_bytes_per_round": int(per_center * n),
         "wan_s_per_round": max(per_link_s.values(), default=0.0),
         "rounds": cfg.rounds,
-        "wan_bytes_total": int(payload * n * (n - 1) * cfg.rounds),
+        "wan_bytes_total": int(per_center * n * cfg.rounds),
     }
+
+
+def measured_links(cfg: JobConfig) -> dict:
+    """The links as the gateways measured them in this job's last run (``result.json`` in
+    its output dir), or ``{}``."""
+    import json
+
+    path = cfg.job.resolved_output_dir / "result.json"
+    try:
+        links = json.loads(path.read_text()).get("links", {})
+    except (OSError, ValueError):
+        return {}
+    return {k: v["measured"] for k, v in links.items() if v.get("measured")}
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
+    measured = measured_links(cfg)
+    if measured:
+        print(f"\n# links as measured by the gateways in the last run ({cfg.job.resolved_output_dir / 'result.json'}):")
+        for key, m in sorted(measured.items()):
+            link = cfg.link(*key.split("<->"))
+            rate = m.get("transfer_mbit") or m.get("probe_mbit")
+            print(
+                f"#   {key}: declared {link.bandwidth_mbit:g} Mbit/s {link.rtt_ms:g} ms; measured "
+                f"RTT {m['rtt_ms']:.2f} ms, {rate:.0f} Mbit/s ({'transfers' if m.get('transfer_mbit') else 'probes'})"
+            )
     p = predict(cfg)
     print(
         f"\n# prediction: {p['parameters']:,} parameters, {p['rounds']} rounds, "
-        f"{_mb(p['payload_bytes'])} MB payload per center per round,\n"
+        f"{_mb(p['payload_bytes'])} MB payload per center per round ({p['schedule']} schedule),\n"
         f"#   {_mb(p['wan_bytes_per_round'])} MB on the WAN per round "
         f"({_mb(p['wan_bytes_total'])} MB in all), "
         f"at least {p['wan_s_per_round']:.3f} s of WAN time per round on the declared links"
