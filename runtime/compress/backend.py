@@ -10,6 +10,12 @@ differs per device is small and lives in :class:`Backend`:
 * ``bitpack``: how eight sign bits become one byte. ``"mul64"`` multiplies eight 0/1 bytes
   read as one int64 by a magic constant (relies on wrapping int64 multiply, which CPU and
   CUDA have); ``"adds"`` sums eight strided uint8 slices, which every device supports.
+* ``signbits``: how sign bits are taken: ``"bytes"`` shifts the top byte of each
+  little-endian float32 (the IEEE sign bit, so -0.0 counts as negative), ``"compare"``
+  computes ``x < 0`` (so -0.0 counts as positive: only -0.0 itself may then decode
+  differently across devices).
+* ``compile``: run the torch.compile'd kernels of :mod:`.compiled` on large tensors (CPU
+  only for now: on CUDA they would need triton and have not been measured).
 * ``ops``: for NPU, the set of aten ops the kernels may run on the device (torch_npu
   implements them); tests run the NPU variant on CPU under a dispatch mode that enforces
   it, skipping functions marked :func:`host_side`.
@@ -44,8 +50,8 @@ def host_side(fn: F) -> F:
 NPU_OPS = frozenset(
     """
     _local_scalar_dense abs abs_ add add_ addmm_ all amax any cat clamp clamp_ clone copy_
-    detach div_ empty eq floor_ floor_divide ge gt index index_copy_ index_select lift_fresh
-    linalg_vector_norm lt mm mul mul_ mv ne neg nonzero randint reciprocal remainder resize_
+    detach div_ empty eq floor_ floor_divide ge gt index index_copy_ index_put_ index_select lift_fresh
+    linalg_vector_norm lt max min mm mul mul_ mv ne neg nonzero ones randint reciprocal remainder resize_
     round_ select slice sort sub sub_ sum t topk uniform_ unsqueeze view where zero_ zeros
     zeros_like
     """.split()
@@ -59,15 +65,17 @@ class Backend:
     name: str
     chunk_elems: int
     bitpack: str
+    signbits: str
+    compile: bool = False
     ops: frozenset[str] | None = None
 
 
 BACKENDS: dict[str, Backend] = {
-    "cpu": Backend("cpu", chunk_elems=1 << 20, bitpack="mul64"),
-    "cuda": Backend("cuda", chunk_elems=1 << 24, bitpack="mul64"),
-    "npu": Backend("npu", chunk_elems=1 << 24, bitpack="adds", ops=NPU_OPS),
+    "cpu": Backend("cpu", chunk_elems=1 << 20, bitpack="mul64", signbits="bytes", compile=True),
+    "cuda": Backend("cuda", chunk_elems=1 << 24, bitpack="mul64", signbits="bytes"),
+    "npu": Backend("npu", chunk_elems=1 << 24, bitpack="adds", signbits="compare", ops=NPU_OPS),
 }
-GENERIC = Backend("generic", chunk_elems=1 << 22, bitpack="adds")
+GENERIC = Backend("generic", chunk_elems=1 << 22, bitpack="adds", signbits="compare")
 """Any other device: only portable ops."""
 
 

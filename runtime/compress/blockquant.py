@@ -2,24 +2,36 @@
 
 A tensor is cut into blocks of ``block_size`` elements; each block is sent as one float32
 scale (its largest magnitude / qmax) and one signed integer per element in
-``[-qmax, qmax]``. int4 packs two values per byte (element ``2i`` in the low nibble),
-stored biased by 8.
+``[-qmax, qmax]``. int4 packs two values ``lo, hi`` (elements ``2i, 2i+1``) into the int8
+``lo + 8 + 16 * hi``: the low nibble holds ``lo + 8``, the high nibble ``hi`` in two's
+complement.
 
-Wire layout: ``scales: float32[ceil(n / block)]``, then ``q`` (int8[n] or uint8[ceil(n/2)]).
-Params: ``block``.
+Wire layout: ``scales: float32[ceil(n / block)]``, then ``q: int8[n]`` (int8) or
+``q: int8[ceil(n / 2)]`` (int4). Params: ``block``.
 """
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Mapping
 from typing import ClassVar, Literal
 
 import torch
 
+from suanwang.runtime.compress import compiled
 from suanwang.runtime.compress.backend import Backend
 from suanwang.runtime.compress.base import CodecState, PayloadError
-from suanwang.runtime.compress.common import F32, BaseCodec, Output, block_chunk, check_finite_values, chunks
+from suanwang.runtime.compress.common import (
+    F32,
+    BaseCodec,
+    NonFiniteInput,
+    Output,
+    block_chunk,
+    check_range,
+    max_value,
+    chunks,
+)
 from suanwang.runtime.compress.wire import Layout, param_int
 
 Rounding = Literal["nearest", "stochastic"]
@@ -41,6 +53,7 @@ class BlockQuantCodec(BaseCodec):
     """
 
     bits: ClassVar[int]
+    detects_nonfinite = True
     PARAM_KEYS = frozenset({"block"})
 
     def __init__(self, *, block_size: int = 256, rounding: Rounding = "nearest", seed: int = 0, **kw) -> None:
@@ -69,8 +82,7 @@ class BlockQuantCodec(BaseCodec):
         block = param_int(self.name, params, "block", 8, MAX_BLOCK)
         if block % 8:
             raise PayloadError(f"codec {self.name}: block={block} is not a multiple of 8")
-        qdtype = torch.int8 if self.bits == 8 else torch.uint8
-        return Layout([("scales", F32, -(-numel // block)), ("q", qdtype, self._qbytes(numel))])
+        return Layout([("scales", F32, -(-numel // block)), ("q", torch.int8, self._qbytes(numel))])
 
     # -- encode ------------------------------------------------------------------------
 
@@ -88,8 +100,11 @@ class BlockQuantCodec(BaseCodec):
             gen = torch.Generator(device=dev)
             gen.manual_seed(zlib.crc32(f"{self.seed}:{step}:{n}".encode()))
         main = n // B * B
-        step_elems = block_chunk(backend, B)
-        for lo, hi in chunks(main, step_elems):
+        if gen is None and self._encode_compiled(x, r, scales, q, main, backend):
+            eager_end = 0
+        else:
+            eager_end = main
+        for lo, hi in chunks(eager_end, block_chunk(backend, B)):
             acc = self._f32("x", x[lo:hi]) if r is None else torch.add(
                 r[lo:hi], x[lo:hi], out=self._ws.get("acc", hi - lo, F32, dev)
             )
@@ -107,7 +122,19 @@ class BlockQuantCodec(BaseCodec):
             q[self._qbytes(main) :].copy_(qt[: self._qbytes(n) - self._qbytes(main)])
             if r is not None:
                 r[main:].copy_(rt[:tail])
+        # Without a state nothing was checked up front: a block with NaN/Inf has a NaN/Inf scale.
+        if r is None and not bool(torch.isfinite(scales).all()):
+            raise NonFiniteInput
         return params, out
+
+    def _encode_compiled(self, x, r, scales, q, main: int, backend: Backend) -> bool:
+        nb, B = main // self.block_size, self.block_size
+        x2, s, q2 = x[:main].view(nb, B), scales[:nb], q[: self._qbytes(main)].view(nb, self._qbytes(B))
+        if self.bits == 8:
+            fn, args = (compiled.int8_encode, (x2, s, q2)) if r is None else (compiled.int8_encode_ef, (x2, r[:main].view(nb, B), s, q2))
+        else:
+            fn, args = (compiled.int4_encode, (x2, s, q2)) if r is None else (compiled.int4_encode_ef, (x2, r[:main].view(nb, B), s, q2))
+        return self._compiled(fn, *args, numel=main, backend=backend)
 
     def _quant_blocks(
         self,
@@ -139,7 +166,7 @@ class BlockQuantCodec(BaseCodec):
         else:
             packed = self._ws.get("packed", nb * B // 2, F32, acc.device).view(nb, B // 2)
             torch.add(t[:, 0::2], t[:, 1::2], alpha=16.0, out=packed)
-            packed.add_(8.0 * 17)
+            packed.add_(8.0)
             q.view(nb, B // 2).copy_(packed)
         if r is not None:
             t.mul_(scales.unsqueeze(1))
@@ -149,13 +176,18 @@ class BlockQuantCodec(BaseCodec):
 
     def _decode(self, views, params, numel, dst, backend) -> None:
         scales, q = views["scales"], views["q"]
-        check_finite_values(self.name, "scales", scales)
-        if scales.numel() and bool((scales < 0).any()):
-            raise PayloadError(f"codec {self.name}: negative scales")
+        # (a corrupted payload may hold -128 / -8, one more than qmax in magnitude)
+        check_range(self.name, "scales", scales, max_value(dst.dtype) / (self.qmax + 1), nonneg=True)
         B = int(params["block"])
         main = numel // B * B
         dev = dst.device
-        for lo, hi in chunks(main, block_chunk(backend, B)):
+        nb = main // B
+        q2 = q[: self._qbytes(main)].view(nb, self._qbytes(B))
+        if self.bits == 8 and self._compiled(compiled.int8_decode, q2, scales[:nb], dst[:main].view(nb, B), numel=main, backend=backend):
+            eager_end = 0
+        else:
+            eager_end = main
+        for lo, hi in chunks(eager_end, block_chunk(backend, B)):
             d = dst[lo:hi] if dst.dtype == F32 else self._ws.get("deq", hi - lo, F32, dev)
             self._dequant_blocks(B, scales[lo // B : hi // B], q[self._qbytes(lo) : self._qbytes(hi)], d)
             if d.data_ptr() != dst[lo:hi].data_ptr():
@@ -174,8 +206,17 @@ class BlockQuantCodec(BaseCodec):
         if self.bits == 8:
             torch.mul(q.view(nb, B), scales.unsqueeze(1), out=o2)
             return
-        b = q.view(nb, B // 2)
-        o3 = out.view(nb, B // 2, 2)
-        torch.remainder(b, 16, out=o3[:, :, 0])
-        torch.floor_divide(b, 16, out=o3[:, :, 1])
-        o2.sub_(8.0).mul_(scales.unsqueeze(1))
+        idx = self._ws.get("idx", q.numel(), torch.int64, q.device).copy_(q.view(torch.uint8))
+        torch.index_select(int4_table(q.device), 0, idx, out=out.view(-1, 2))
+        o2.mul_(scales.unsqueeze(1))
+
+
+@functools.cache
+def int4_table(device: torch.device) -> torch.Tensor:
+    """``table[b]`` = the two values packed in byte ``b`` (see the module docstring)."""
+    rows = []
+    for b in range(256):
+        v = b - 256 if b >= 128 else b  # the int8 the byte holds
+        lo = v % 16 - 8
+        rows.append([float(lo), float((v - lo - 8) // 16)])
+    return torch.tensor(rows).to(device)

@@ -9,7 +9,7 @@ import torch
 
 from suanwang.runtime.compress.backend import Backend
 from suanwang.runtime.compress.base import CodecState, PayloadError
-from suanwang.runtime.compress.common import F32, BaseCodec, Output, chunks
+from suanwang.runtime.compress.common import F32, BaseCodec, NonFiniteInput, Output, chunks
 from suanwang.runtime.compress.wire import Layout
 
 
@@ -20,6 +20,7 @@ class CastCodec(BaseCodec):
     """
 
     wire_dtype: ClassVar[torch.dtype]
+    detects_nonfinite = True
 
     def _nominal_params(self, numel: int) -> Mapping[str, str]:
         return {}
@@ -39,8 +40,11 @@ class CastCodec(BaseCodec):
             xc, wc = x[lo:hi], wire[lo:hi]
             if r is None:
                 wc.copy_(xc)
-                # The input is finite, so a non-finite sum means a value rounded to +-inf.
-                if not bool(torch.isfinite(wc.sum(dtype=F32))):
+                # A finite sum (of the chunk, in cache) proves every element finite. If not:
+                # NaN/Inf input, a value that overflowed to +-inf, or just a large sum.
+                if not bool(torch.isfinite(wc.sum())):
+                    if not bool(torch.isfinite(xc).all()):
+                        raise NonFiniteInput
                     wc.copy_(self._f32("acc", xc).clamp(-big, big))
                 continue
             acc = self._ws.get("acc", hi - lo, F32, x.device)
@@ -53,10 +57,11 @@ class CastCodec(BaseCodec):
     def _decode(self, views, params, numel, dst, backend) -> None:
         wire = views["values"]
         for lo, hi in chunks(numel, backend.chunk_elems):
-            wc = wire[lo:hi]
-            if not bool(torch.isfinite(wc.sum(dtype=F32))):
-                raise PayloadError(f"codec {self.name}: payload holds non-finite values")
-            dst[lo:hi].copy_(wc)
+            d = dst[lo:hi]
+            d.copy_(wire[lo:hi])
+            # A finite sum proves every value finite; else look closer (a sum may overflow).
+            if not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
+                raise PayloadError(f"codec {self.name}: payload holds values that are (or decode to) NaN/Inf")
 
     def estimate_ratio(self, numel: int, dtype: torch.dtype = torch.float32) -> float:
         return torch.empty((), dtype=dtype).element_size() / 2.0

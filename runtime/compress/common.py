@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 
 import torch
 
+from suanwang.runtime.compress import compiled as _compiled
 from suanwang.runtime.compress import lossless as _lossless
 from suanwang.runtime.compress.backend import Backend, backend_for
 from suanwang.runtime.compress.base import Codec, CodecState, Encoded, PayloadError
@@ -76,6 +77,10 @@ class Output:
         return self.wire
 
 
+class NonFiniteInput(Exception):
+    """Raised by ``_encode`` (state untouched) when it finds NaN/Inf in its input."""
+
+
 class BaseCodec(Codec):
     """Shared machinery of the suanwang codecs (see the module docstring).
 
@@ -84,6 +89,8 @@ class BaseCodec(Codec):
             naming how many there are; ``"zero"`` encodes them as zeros.
         lossless: run zstd over the payload and keep the result where it saves >= 5%.
         max_numel: decode refuses payloads whose shape has more elements.
+        compile: use the torch.compile'd CPU kernels on large tensors (see
+            :mod:`~suanwang.runtime.compress.compiled`); False keeps to eager ops.
 
     A codec instance reuses scratch and output buffers between calls; calls on one instance
     are serialised by a lock, so give each thread its own instance for parallel encoding.
@@ -92,6 +99,9 @@ class BaseCodec(Codec):
     name: ClassVar[str]
     kind: ClassVar[int]
     PARAM_KEYS: ClassVar[frozenset[str]] = frozenset()
+    detects_nonfinite: ClassVar[bool] = False
+    """True if ``_encode`` without a state raises NonFiniteInput on NaN/Inf input, which
+    saves encode a separate pass over the input to look for them."""
 
     def __init__(
         self,
@@ -99,6 +109,7 @@ class BaseCodec(Codec):
         nonfinite: Nonfinite = "error",
         lossless: bool = False,
         max_numel: int = DEFAULT_MAX_NUMEL,
+        compile: bool = True,
     ) -> None:
         if nonfinite not in ("error", "zero"):
             raise ValueError(f"codec {self.name}: nonfinite must be 'error' or 'zero', not {nonfinite!r}")
@@ -109,6 +120,7 @@ class BaseCodec(Codec):
         self.nonfinite = nonfinite
         self.lossless = bool(lossless)
         self.max_numel = int(max_numel)
+        self.compile = bool(compile)
         self._ws = Workspace()
         self._pool = BufferPool()
         self._lock = threading.RLock()
@@ -133,8 +145,19 @@ class BaseCodec(Codec):
             flat = flat.contiguous()
         backend = backend_for(flat.device)
         with self._lock:
-            flat = self._check_finite(flat)
-            params, out = self._encode(flat, state, backend, shape)
+            if state is not None or not self.detects_nonfinite:
+                # Error feedback updates the state in place: refuse bad input before that.
+                flat = self._check_finite(flat)
+            try:
+                params, out = self._encode(flat, state, backend, shape)
+            except NonFiniteInput:
+                flat = self._check_finite(flat)
+                try:
+                    params, out = self._encode(flat, state, backend, shape)
+                except NonFiniteInput:
+                    raise ValueError(
+                        f"codec {self.name}: input values too large to encode (a block statistic overflows)"
+                    ) from None
             data = out.finish()
             self._calls += 1
             if state is not None:
@@ -167,6 +190,10 @@ class BaseCodec(Codec):
                 "pass nonfinite='zero' to send them as zeros"
             )
         return torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+    def _compiled(self, fn, *args: object, numel: int, backend: Backend) -> bool:
+        """Run the compiled kernel ``fn`` if this codec and backend allow; False: run eager."""
+        return _compiled.run(fn, *args, numel=numel, enabled=self.compile and backend.compile)
 
     def _output(self, layout: Layout, device: torch.device) -> Output:
         return Output(self._pool, self._ws, layout, device)
@@ -275,7 +302,19 @@ class BaseCodec(Codec):
         raise NotImplementedError
 
 
-def check_finite_values(codec: str, what: str, t: torch.Tensor) -> None:
-    """Raise PayloadError if ``t`` (small: scales, factors, values) holds NaN/Inf."""
-    if t.numel() and not bool(torch.isfinite(t).all()):
+def check_range(codec: str, what: str, t: torch.Tensor, bound: float, nonneg: bool = False) -> None:
+    """Raise PayloadError unless ``t`` (small: scales, factors, values) is finite, within
+    ``+-bound`` (so that decoding cannot overflow the output dtype) and, with ``nonneg``,
+    not negative."""
+    if t.numel() == 0:
+        return
+    if not bool(torch.isfinite(t).all()):
         raise PayloadError(f"codec {codec}: {what} hold non-finite values")
+    if float(t.abs().max()) > bound:
+        raise PayloadError(f"codec {codec}: {what} exceed {bound:.3g}, which would overflow the output")
+    if nonneg and float(t.min()) < 0:
+        raise PayloadError(f"codec {codec}: negative {what}")
+
+
+def max_value(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).max)

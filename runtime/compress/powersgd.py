@@ -25,7 +25,7 @@ import torch
 
 from suanwang.runtime.compress.backend import Backend, host_side
 from suanwang.runtime.compress.base import CodecState, PayloadError
-from suanwang.runtime.compress.common import F32, BaseCodec, Output, check_finite_values, chunks
+from suanwang.runtime.compress.common import F32, BaseCodec, Output, check_range, chunks, max_value
 from suanwang.runtime.compress.wire import Layout, param_choice, param_int
 from suanwang.v1 import wan_pb2
 
@@ -179,14 +179,17 @@ class PowerSGDCodec(BaseCodec):
     def _decode(self, views, params, numel, dst, backend) -> None:
         if params["mode"] == "dense":
             vals = views["values"]
-            check_finite_values(self.name, "values", vals)
+            check_range(self.name, "values", vals, max_value(dst.dtype))
             dst.copy_(vals)
             return
         rows, cols, rank = int(params["rows"]), int(params["cols"]), int(params["rank"])
         pt = views["p"].view(rank, rows)
         qt = views["q"].view(rank, cols)
-        check_finite_values(self.name, "factors", views["p"])
-        check_finite_values(self.name, "factors", views["q"])
+        check_range(self.name, "factors", views["p"], math.inf)
+        check_range(self.name, "factors", views["q"], math.inf)
+        # |(P Q^T)_ij| <= |P_i| |Q_j|: refuse factors whose product could overflow.
+        if rows and cols and float(pt.norm(dim=0).max()) * float(qt.norm(dim=0).max()) > max_value(dst.dtype):
+            raise PayloadError("codec powersgd: factors so large that P Q^T would overflow")
         full = (numel // cols) * cols
         step = max(1, backend.chunk_elems // cols) * cols
         for lo, hi in chunks(full, step):

@@ -5,7 +5,7 @@ every element; it decodes to ``+s`` or ``-s``. Biased on its own, so it is meant
 with error feedback (a state), which carries what each round did not send into the next.
 
 Wire layout: ``scales: float32[ceil(n / block)]``, ``bits: uint8[ceil(n / 8)]`` (bit set =
-negative; element ``8i + j`` is bit ``j`` of byte ``i``). Params: ``block``.
+negative, see ``Backend.signbits``; element ``8i + j`` is bit ``j`` of byte ``i``). Params: ``block``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,19 @@ from collections.abc import Mapping
 
 import torch
 
-from suanwang.runtime.compress import bitpack
+from suanwang.runtime.compress import bitpack, compiled
 from suanwang.runtime.compress.backend import Backend
 from suanwang.runtime.compress.base import CodecState, PayloadError
-from suanwang.runtime.compress.common import F32, BaseCodec, Output, block_chunk, check_finite_values, chunks
+from suanwang.runtime.compress.common import (
+    F32,
+    BaseCodec,
+    NonFiniteInput,
+    Output,
+    block_chunk,
+    check_range,
+    max_value,
+    chunks,
+)
 from suanwang.runtime.compress.wire import Layout, param_int
 from suanwang.v1 import wan_pb2
 
@@ -35,6 +44,7 @@ class SignCodec(BaseCodec):
     name = "sign"
     kind = wan_pb2.CODEC_SIGN
     PARAM_KEYS = frozenset({"block"})
+    detects_nonfinite = True
 
     def __init__(self, *, block_size: int = 256, **kw) -> None:
         super().__init__(**kw)
@@ -63,7 +73,14 @@ class SignCodec(BaseCodec):
         scales, bits = out.v["scales"], out.v["bits"]
         r = self._residual(state, n, dev)
         main = n // B * B
-        for lo, hi in chunks(main, block_chunk(backend, B)):
+        nb = main // B
+        if r is None:
+            ran = self._compiled(compiled.sign_encode, x[:main].view(nb, B), scales[:nb], bits[: main // 8],
+                                 numel=main, backend=backend)
+        else:
+            ran = self._compiled(compiled.sign_encode_ef, x[:main].view(nb, B), r[:main].view(nb, B), scales[:nb],
+                                 bits[: main // 8], numel=main, backend=backend)
+        for lo, hi in chunks(0 if ran else main, block_chunk(backend, B)):
             if r is None:
                 acc = self._f32("x", x[lo:hi])
             else:
@@ -81,6 +98,9 @@ class SignCodec(BaseCodec):
             bits[main // 8 :].copy_(bt[: bits.numel() - main // 8])
             if r is not None:
                 r[main:].copy_(rt[:tail])
+        # Without a state nothing was checked up front: a block with NaN/Inf has a NaN/Inf scale.
+        if r is None and not bool(torch.isfinite(scales).all()):
+            raise NonFiniteInput
         return params, out
 
     def _sign_blocks(
@@ -92,19 +112,26 @@ class SignCodec(BaseCodec):
         torch.abs(acc, out=t)
         torch.sum(t.view(nb, B), dim=1, out=scales)
         scales.mul_(1.0 / count)
-        neg = self._ws.get("neg", nb * B, torch.bool, dev)
-        torch.lt(acc, 0.0, out=neg)
-        bitpack.pack(neg, bits, backend.bitpack, self._ws.get("pack64", nb * B // 8, torch.int64, dev))
+        neg = self._ws.get("neg", nb * B, torch.uint8, dev)
+        s = scales.unsqueeze(1)
+        if backend.signbits == "bytes":
+            # The top byte of a little-endian float32 starts with its sign bit.
+            torch.bitwise_right_shift(acc.view(torch.uint8).view(-1, 4)[:, 3], 7, out=neg)
+            bitpack.pack(neg, bits, backend.bitpack, self._ws.get("pack64", nb * B // 8, torch.int64, dev))
+            if r is not None:
+                torch.copysign(s.expand(nb, B), acc.view(nb, B), out=t.view(nb, B))
+                torch.sub(acc, t, out=r)
+            return
+        isneg = neg.view(torch.bool)
+        torch.lt(acc, 0.0, out=isneg)
+        bitpack.pack(isneg, bits, backend.bitpack, self._ws.get("pack64", nb * B // 8, torch.int64, dev))
         if r is not None:
-            s = scales.unsqueeze(1)
-            torch.where(neg.view(nb, B), -s, s, out=t.view(nb, B))
+            torch.where(isneg.view(nb, B), -s, s, out=t.view(nb, B))
             torch.sub(acc, t, out=r)
 
     def _decode(self, views, params, numel, dst, backend) -> None:
         scales, bits = views["scales"], views["bits"]
-        check_finite_values(self.name, "scales", scales)
-        if scales.numel() and bool((scales < 0).any()):
-            raise PayloadError("codec sign: negative scales")
+        check_range(self.name, "scales", scales, max_value(dst.dtype), nonneg=True)
         B = int(params["block"])
         dev = dst.device
         main = numel // B * B

@@ -10,7 +10,7 @@ from suanwang.runtime.compress.base import Codec
 
 CodecKind = Literal["none", "fp16", "bf16", "int8", "int4", "topk", "sign", "powersgd"]
 
-_COMMON = ("nonfinite", "lossless")
+_COMMON = ("nonfinite", "lossless", "compile")
 # Which options each kind takes (the codec constructor's keyword arguments).
 OPTIONS: dict[str, tuple[str, ...]] = {
     "none": (),
@@ -44,6 +44,7 @@ class CodecConfig(BaseModel):
     seed: int = Field(default=0, ge=0)
     lossless: bool = Field(default=False, description="zstd over the payload where it saves >= 5%")
     nonfinite: Literal["error", "zero"] = "error"
+    compile: bool = Field(default=True, description="use torch.compile'd CPU kernels on large tensors")
 
     @model_validator(mode="after")
     def _options_apply(self) -> "CodecConfig":

@@ -24,7 +24,7 @@ import torch
 
 from suanwang.runtime.compress.backend import Backend, host_side
 from suanwang.runtime.compress.base import CodecState, PayloadError
-from suanwang.runtime.compress.common import F32, BaseCodec, Output, check_finite_values, chunks
+from suanwang.runtime.compress.common import F32, BaseCodec, Output, check_range, chunks, max_value
 from suanwang.runtime.compress.wire import Layout, param_choice, param_int
 from suanwang.v1 import wan_pb2
 
@@ -36,6 +36,26 @@ SAMPLE = 1 << 16
 # Below this many elements, an exact torch.topk is cheaper than sampling.
 EXACT_BELOW = 1 << 18
 FP16_MAX = 65504.0
+SMALLEST = 1.401298464324817e-45
+"""The smallest positive (subnormal) float32."""
+
+
+def nonzero(mask: torch.Tensor, limit: int) -> torch.Tensor | None:
+    """Indices of the set elements of the 1-D bool ``mask`` (None: more than ``limit``).
+
+    Looks at eight flags at a time first (as one int64), which makes a sparse mask several
+    times cheaper to scan than ``torch.nonzero`` alone. ``mask`` must start 8-byte aligned.
+    """
+    n8 = mask.numel() // 8 * 8
+    words = mask[:n8].view(torch.uint8).view(torch.int64)
+    hot = torch.nonzero(words).view(-1)
+    if hot.numel() > limit:
+        return None
+    pos = torch.nonzero(mask[:n8].view(-1, 8)[hot])
+    idx = hot[pos[:, 0]] * 8 + pos[:, 1]
+    if n8 < mask.numel():
+        idx = torch.cat([idx, torch.nonzero(mask[n8:]).view(-1) + n8])
+    return idx if idx.numel() <= limit else None
 
 
 class TopKCodec(BaseCodec):
@@ -97,9 +117,8 @@ class TopKCodec(BaseCodec):
         r = self._residual(state, n, dev)
         k = self.k_for(n)
         step = state.step if state is not None else self._calls
-        # After _select, ``acc`` holds input + residual (the residual buffer itself with EF).
-        idx, acc = self._select(x, r, k, step, backend)
-        vals = acc[idx]
+        # With error feedback, _select leaves input + residual in the residual buffer.
+        idx, vals = self._select(x, r, k, step, backend)
         params = {"k": str(idx.numel()), "values": self.values}
         # Everything left is k-sized: it is coded on the host, straight into the wire buffer.
         out = self._output(self._layout(n, params, False), torch.device("cpu"))
@@ -112,39 +131,66 @@ class TopKCodec(BaseCodec):
     def _select(
         self, x: torch.Tensor, r: torch.Tensor | None, k: int, step: int, backend: Backend
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sorted indices of (about, at most) the ``k`` largest |x + r|, and x + r."""
+        """Sorted indices of the ``k`` largest |x + r| (fewer only if fewer are nonzero) and
+        their values. With error feedback, ``r`` becomes x + r."""
         n, dev = x.numel(), x.device
         if n < EXACT_BELOW or 4 * k >= n:
             acc = r.add_(x) if r is not None else self._f32("x", x)
-            return self._exact(acc, k), acc
-        gen = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{step}:{n}".encode()))
-        pos = torch.randint(0, n, (SAMPLE,), generator=gen).to(dev)
+            idx = self._exact(acc, k)
+            return idx, acc[idx]
+        # |a| >= the smallest subnormal selects exactly the nonzeros.
+        thr = max(self._threshold(self._sample(x, r, step)), SMALLEST)
+        found = self._candidates(x, r, thr, 4 * k + 4096, backend)
+        if found is None or (found[0].numel() < k and thr > SMALLEST):
+            # The sample misjudged the threshold (rare; ties or a strange distribution).
+            acc = r if r is not None else x.to(F32)
+            idx = self._exact(acc, k)
+            return idx, acc[idx]
+        idx, vals = found
+        if idx.numel() > k:
+            # Drop the few smallest candidates; what stays is still sorted by index.
+            drop = torch.topk(vals.abs(), idx.numel() - k, largest=False, sorted=False).indices
+            keep = torch.ones(idx.numel(), dtype=torch.bool, device=dev)
+            keep[drop] = False
+            idx, vals = idx[keep], vals[keep]
+        return idx, vals
+
+    def _sample(self, x: torch.Tensor, r: torch.Tensor | None, step: int) -> torch.Tensor:
+        """|x + r| at SAMPLE random positions (on the host)."""
+        gen = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{step}:{x.numel()}".encode()))
+        pos = torch.randint(0, x.numel(), (SAMPLE,), generator=gen).to(x.device)
         sample = x[pos].to(F32)
         if r is not None:
             sample += r[pos]
-        thr = self._threshold(sample.abs_().cpu())
-        found = []
+        return sample.abs_().cpu()
+
+    def _candidates(
+        self, x: torch.Tensor, r: torch.Tensor | None, thr: float, limit: int, backend: Backend
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Indices and values of all |x + r| >= thr (None: more than ``limit``); with error
+        feedback, adds x into r on the way."""
+        n, dev = x.numel(), x.device
+        mask = self._ws.get("mask", min(n, backend.chunk_elems), torch.bool, dev)
+        # Chunk by chunk, taking the values while the chunk is in cache.
+        idxs, vals, total = [], [], 0
         for lo, hi in chunks(n, backend.chunk_elems):
-            acc_c = r[lo:hi].add_(x[lo:hi]) if r is not None else self._f32("x", x[lo:hi])
-            mag = torch.abs(acc_c, out=self._ws.get("mag", hi - lo, F32, dev))
-            mask = self._ws.get("mask", hi - lo, torch.bool, dev)
-            if thr > 0:
-                torch.ge(mag, thr, out=mask)
-            else:
-                torch.gt(mag, 0.0, out=mask)
-            hits = torch.nonzero(mask).view(-1)
-            if hits.numel():
-                found.append(hits.add_(lo))
-        acc = r if r is not None else x.to(F32)
-        idx = torch.cat(found) if found else torch.zeros(0, dtype=torch.int64, device=dev)
-        if idx.numel() > k:
-            keep = torch.topk(acc[idx].abs(), k, sorted=False).indices
-            idx = idx[keep].sort().values
-        elif idx.numel() < k and thr > 0:
-            # The sample put the threshold too high (rare): select exactly.
-            idx = self._exact(acc, k)
-        # (thr == 0 and fewer hits than k: those are all the nonzeros; send just them.)
-        return idx, acc
+            acc = r[lo:hi].add_(x[lo:hi]) if r is not None else self._f32("x", x[lo:hi])
+            if total > limit:
+                continue  # still add x into r: the exact fallback needs all of x + r
+            mag = torch.abs(acc, out=self._ws.get("mag", hi - lo, F32, dev))
+            torch.ge(mag, thr, out=mask[: hi - lo])
+            hits = nonzero(mask[: hi - lo], limit - total)
+            if hits is None:
+                total = limit + 1
+                continue
+            idxs.append(hits + lo)
+            vals.append(acc[hits])
+            total += hits.numel()
+        if total > limit:
+            return None
+        if not idxs:
+            return torch.zeros(0, dtype=torch.int64, device=dev), torch.zeros(0, dtype=F32, device=dev)
+        return torch.cat(idxs), torch.cat(vals)
 
     @host_side
     def _threshold(self, sample: torch.Tensor) -> float:
@@ -190,7 +236,7 @@ class TopKCodec(BaseCodec):
 
     def _decode(self, views, params, numel, dst, backend) -> None:
         idx = self._read_indices(views["counts"].cpu(), views["idx"].cpu(), numel)
-        vals = self._read_values(params["values"], {k: t.cpu() for k, t in views.items()})
+        vals = self._read_values(params["values"], {k: t.cpu() for k, t in views.items()}, max_value(dst.dtype))
         dst.zero_()
         if idx.numel():
             dst.index_copy_(0, idx.to(dst.device), vals.to(device=dst.device, dtype=dst.dtype))
@@ -215,14 +261,14 @@ class TopKCodec(BaseCodec):
         return idx
 
     @host_side
-    def _read_values(self, fmt: str, views: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _read_values(self, fmt: str, views: dict[str, torch.Tensor], bound: float) -> torch.Tensor:
         if fmt == "int8":
             scales = views["vscales"]
-            check_finite_values(self.name, "value scales", scales)
+            check_range(self.name, "value scales", scales, bound / 128, nonneg=True)
             k = views["values"].numel()
             q = torch.zeros(scales.numel() * VBLOCK, dtype=F32)
             q[:k] = views["values"]
             return (q.view(-1, VBLOCK) * scales.unsqueeze(1)).view(-1)[:k]
         vals = views["values"].to(F32)
-        check_finite_values(self.name, "values", vals)
+        check_range(self.name, "values", vals, bound)
         return vals

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping
 
 import torch
 
 from suanwang.runtime.compress.base import Encoded, PayloadError
+
+if sys.byteorder != "little":  # pragma: no cover
+    raise ImportError("suanwang's codec wire format is little-endian; this host is big-endian")
 
 ALIGN = 8
 """Every section of a payload starts at a multiple of this many bytes."""

@@ -1,0 +1,276 @@
+"""Codec kernel benchmark: encode/decode throughput, ratio and error of every codec.
+
+Every figure is also given as a ratio to the copy bandwidth measured in the same run;
+topk is compared with ``torch.topk`` at the same k, and powersgd with the math of
+PyTorch's PowerSGD DDP hook at the same rank.
+
+    python -m suanwang.benchmarks.codecs --json codecs.json            # 64M and 4M elements
+    python -m suanwang.benchmarks.codecs --quick                        # smoke test
+
+Throughput is GB of float32 input per second. Codecs with error feedback (topk, sign,
+powersgd) are timed with a state, as they are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from suanwang.benchmarks.common import (
+    copy_bandwidth,
+    format_size,
+    parse_size,
+    print_table,
+    set_threads,
+    timeit,
+    write_json,
+)
+from suanwang.runtime.compress import CodecState, make_codec
+from suanwang.runtime.compress.powersgd import matrix_shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str
+    kind: str
+    params: dict
+    error_feedback: bool
+
+
+CONFIGS = [
+    Config("fp16", "fp16", {}, False),
+    Config("bf16", "bf16", {}, False),
+    Config("int8", "int8", {}, False),
+    Config("int4", "int4", {}, False),
+    Config("topk", "topk", {"ratio": 0.01}, True),
+    Config("topk_int8", "topk", {"ratio": 0.01, "values": "int8"}, True),
+    Config("sign", "sign", {}, True),
+    Config("powersgd", "powersgd", {"rank": 4}, True),
+]
+TOPK_RATIO = 0.01
+POWERSGD_RANK = 4
+
+# name, figure, threshold: the targets the codecs are built to meet (2 threads, 64M fp32)
+TARGETS = [
+    ("int8 encode >= 0.25x copy", lambda r: r["codecs"]["int8"]["encode_vs_copy"], 0.25),
+    ("int8 decode >= 0.25x copy", lambda r: r["codecs"]["int8"]["decode_vs_copy"], 0.25),
+    ("int8 rel_err <= 0.01", lambda r: -r["codecs"]["int8"]["rel_err"], -0.01),
+    ("topk 1% (EF) encode >= 0.1x copy", lambda r: r["codecs"]["topk"]["encode_vs_copy"], 0.1),
+    ("topk 1% (EF) encode >= 10x torch.topk", lambda r: r["topk_vs_torch_topk"], 10.0),
+    ("sign (EF) encode >= 0.2x copy", lambda r: r["codecs"]["sign"]["encode_vs_copy"], 0.2),
+    ("fp16 encode >= 0.5x copy", lambda r: r["codecs"]["fp16"]["encode_vs_copy"], 0.5),
+    ("fp16 decode >= 0.5x copy", lambda r: r["codecs"]["fp16"]["decode_vs_copy"], 0.5),
+    ("bf16 encode >= 0.5x copy", lambda r: r["codecs"]["bf16"]["encode_vs_copy"], 0.5),
+    ("bf16 decode >= 0.5x copy", lambda r: r["codecs"]["bf16"]["decode_vs_copy"], 0.5),
+    ("powersgd r4 (EF) encode+decode >= 2x faster than hook", lambda r: r["powersgd_vs_hook"], 2.0),
+]
+
+
+class HookMath:
+    """The arithmetic of ``torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook`` on
+    one matrix, without the all-reduces: error feedback, warm-started Q, ``P = M Q``,
+    orthogonalize, ``Q = M^T P``, ``M = P Q^T``, new error = input - M."""
+
+    def __init__(self, rows: int, cols: int, rank: int) -> None:
+        try:
+            from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import _orthogonalize
+        except ImportError:  # pragma: no cover - torch builds without distributed
+            _orthogonalize = _gram_schmidt
+        self.orthogonalize = _orthogonalize
+        self.rows, self.cols = rows, cols
+        self.input = torch.zeros(rows * cols)
+        self.error = torch.zeros(rows * cols)
+        self.p = torch.empty(1, rows, rank)
+        g = torch.Generator().manual_seed(0)
+        self.q = torch.randn(1, cols, rank, generator=g)
+
+    def load(self, x: torch.Tensor) -> None:
+        """Put the next gradient into the bucket (untimed: the hook receives it there)."""
+        self.input[: x.numel()].copy_(x.reshape(-1))
+
+    def step(self) -> None:
+        inp = self.input
+        inp.add_(self.error)
+        kept = inp.detach().clone()
+        m = inp.view(1, self.rows, self.cols)
+        self.orthogonalize(self.q)
+        torch.bmm(m, self.q, out=self.p)
+        self.orthogonalize(self.p)
+        torch.bmm(m.transpose(1, 2), self.p, out=self.q)
+        torch.bmm(self.p, self.q.transpose(1, 2), out=m)
+        self.error = kept - inp
+
+
+def _gram_schmidt(matrices: torch.Tensor) -> None:  # pragma: no cover
+    for i in range(matrices.shape[2]):
+        col = matrices[:, :, i : i + 1]
+        col /= torch.norm(col, dim=1, keepdim=True)
+        if i + 1 < matrices.shape[2]:
+            rest = matrices[:, :, i + 1 :]
+            rest -= torch.sum(col * rest, dim=1, keepdim=True) * col
+
+
+def bench_codec(cfg: Config, x: torch.Tensor, copy_gbps: float, repeat: int) -> dict[str, Any]:
+    gb = x.numel() * 4 / 1e9
+    codec = make_codec(cfg.kind, **cfg.params)
+    state = CodecState() if cfg.error_feedback else None
+
+    def encode() -> None:
+        codec.encode(x, state).release()
+
+    t_enc = timeit(encode, repeat=repeat, warmup=2)
+    enc = codec.encode(x, state)
+    out = torch.empty_like(x)
+    t_dec = timeit(lambda: codec.decode(enc, out=out), repeat=repeat, warmup=1)
+    ratio = x.numel() * 4 / enc.nbytes
+    enc.release()
+    # One stateless round trip for the error.
+    fresh = make_codec(cfg.kind, **cfg.params)
+    once = fresh.encode(x)
+    fresh.decode(once, out=out)
+    rel_err = float(torch.linalg.vector_norm(out.sub_(x)) / torch.linalg.vector_norm(x))
+    enc_gbps, dec_gbps = t_enc.rate(gb), t_dec.rate(gb)
+    return {
+        "encode_GBps": enc_gbps,
+        "decode_GBps": dec_gbps,
+        "encode_vs_copy": enc_gbps / copy_gbps,
+        "decode_vs_copy": dec_gbps / copy_gbps,
+        "encode_s": t_enc.median,
+        "decode_s": t_dec.median,
+        "ratio": ratio,
+        "rel_err": rel_err,
+        "error_feedback": cfg.error_feedback,
+        "params": cfg.params,
+    }
+
+
+def bench_size(numel: int, repeat: int, configs: list[Config]) -> dict[str, Any]:
+    gb = numel * 4 / 1e9
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(numel, generator=g)
+    copy_gbps = copy_bandwidth(numel, repeat=repeat)
+    k = max(1, math.ceil(TOPK_RATIO * numel))
+    t_topk = timeit(lambda: torch.topk(x.abs(), k, sorted=False), repeat=max(1, min(repeat, 3)), warmup=1)
+    rows, cols = matrix_shape((numel,), numel)
+    hook = HookMath(rows, cols, min(POWERSGD_RANK, rows, cols))
+    t_hook = timeit(hook.step, repeat=max(1, min(repeat, 3)), warmup=1, setup=lambda: hook.load(x))
+    del hook
+    res: dict[str, Any] = {
+        "numel": numel,
+        "copy_GBps": copy_gbps,
+        "torch_topk_GBps": t_topk.rate(gb),
+        "torch_topk_vs_copy": t_topk.rate(gb) / copy_gbps,
+        "powersgd_hook_s": t_hook.median,
+        "powersgd_hook_GBps": t_hook.rate(gb),
+        "powersgd_hook_vs_copy": t_hook.rate(gb) / copy_gbps,
+        "codecs": {},
+    }
+    for cfg in configs:
+        res["codecs"][cfg.name] = bench_codec(cfg, x, copy_gbps, repeat)
+    codecs = res["codecs"]
+    if "topk" in codecs:
+        res["topk_vs_torch_topk"] = codecs["topk"]["encode_GBps"] / res["torch_topk_GBps"]
+    if "powersgd" in codecs:
+        p = codecs["powersgd"]
+        res["powersgd_vs_hook"] = t_hook.median / (p["encode_s"] + p["decode_s"])
+        res["powersgd_encode_vs_hook"] = t_hook.median / p["encode_s"]
+    return res
+
+
+def check_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, figure, threshold in TARGETS:
+        try:
+            value = figure(res)
+        except KeyError:
+            continue
+        shown = -value if threshold < 0 else value
+        rows.append({"target": name, "measured": shown, "met": "yes" if value >= threshold else "NO"})
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m suanwang.benchmarks.codecs", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", metavar="PATH", help="write the results here as JSON")
+    p.add_argument("--sizes", nargs="+", default=["64M", "4M"], help="float32 elements per tensor (K/M/G suffixes)")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    p.add_argument("--repeat", type=int, default=5, help="timed repeats per figure; the median is reported")
+    p.add_argument("--codecs", nargs="+", choices=[c.name for c in CONFIGS], help="only these codecs")
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats, for smoke tests")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes = ["64K"]
+        args.repeat = 2
+    try:
+        args.numels = [parse_size(s) for s in args.sizes]
+    except ValueError as err:
+        p.error(str(err))
+    if args.threads < 1 or args.repeat < 1:
+        p.error("--threads and --repeat must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    configs = [c for c in CONFIGS if args.codecs is None or c.name in args.codecs]
+    results: dict[str, Any] = {}
+    for numel in args.numels:
+        label = format_size(numel)
+        res = bench_size(numel, args.repeat, configs)
+        results[label] = res
+        rows = [
+            {
+                "codec": name,
+                "enc GB/s": c["encode_GBps"],
+                "enc/copy": c["encode_vs_copy"],
+                "dec GB/s": c["decode_GBps"],
+                "dec/copy": c["decode_vs_copy"],
+                "ratio": c["ratio"],
+                "rel_err": c["rel_err"],
+                "EF": "yes" if c["error_feedback"] else "",
+            }
+            for name, c in res["codecs"].items()
+        ]
+        print_table(rows, title=f"{label} fp32 elements, {args.threads} threads, copy_ {res['copy_GBps']:.2f} GB/s")
+        base = [
+            {"baseline": "copy_", "GB/s": res["copy_GBps"], "vs copy": 1.0, "s": numel * 4 / 1e9 / res["copy_GBps"]},
+            {"baseline": f"torch.topk k={TOPK_RATIO:g}n", "GB/s": res["torch_topk_GBps"],
+             "vs copy": res["torch_topk_vs_copy"], "s": numel * 4 / 1e9 / res["torch_topk_GBps"]},
+            {"baseline": f"PowerSGD hook math r{POWERSGD_RANK}", "GB/s": res["powersgd_hook_GBps"],
+             "vs copy": res["powersgd_hook_vs_copy"], "s": res["powersgd_hook_s"]},
+        ]
+        print_table(base)
+        extra = []
+        if "topk_vs_torch_topk" in res:
+            extra.append(f"topk encode is {res['topk_vs_torch_topk']:.1f}x torch.topk")
+        if "powersgd_vs_hook" in res:
+            extra.append(
+                f"powersgd encode+decode is {res['powersgd_vs_hook']:.1f}x faster than the hook math "
+                f"(encode alone {res['powersgd_encode_vs_hook']:.1f}x)"
+            )
+        if extra:
+            print("; ".join(extra))
+        res["targets"] = check_targets(res)
+        if res["targets"]:
+            print_table(res["targets"])
+    primary = results[format_size(max(args.numels))]
+    summary = {k: v for k, v in primary.items() if k != "targets"}
+    payload = {
+        "args": {"sizes": [format_size(n) for n in args.numels], "threads": args.threads, "repeat": args.repeat},
+        "primary_size": format_size(max(args.numels)),
+        **summary,
+        "sizes": results,
+    }
+    if args.json:
+        write_json(args.json, payload)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

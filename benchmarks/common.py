@@ -1,0 +1,196 @@
+"""Helpers every benchmark shares: timing, the copy-bandwidth baseline, sizes, a table
+printer and JSON output stamped with what machine produced it.
+
+Every figure a benchmark reports should be put next to a baseline measured in the same
+run (``copy_bandwidth`` here), since absolute numbers on shared machines drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*$")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``"64M"`` -> 67108864 (binary K/M/G suffixes; a plain number is taken as is).
+
+    Raises:
+        ValueError: not a size.
+    """
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use e.g. 4096, 256K, 64M)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_size(n: int) -> str:
+    """67108864 -> ``"64M"``; sizes that are not whole K/M/G print as numbers."""
+    for suffix, unit in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit}{suffix}"
+    return str(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds per call over the repeats (warm-up excluded)."""
+
+    median: float
+    best: float
+    worst: float
+    repeats: int
+
+    def rate(self, amount: float) -> float:
+        """``amount`` per second at the median time (e.g. GB/s for an amount in GB)."""
+        return amount / self.median if self.median > 0 else float("inf")
+
+
+def timeit(
+    fn: Callable[[], Any],
+    *,
+    repeat: int = 5,
+    warmup: int = 1,
+    setup: Callable[[], Any] | None = None,
+    sync: Callable[[], Any] | None = None,
+) -> Timing:
+    """Time ``fn``: ``warmup`` untimed calls, then the median of ``repeat`` timed calls.
+
+    Args:
+        setup: called before every call, outside the timed region (e.g. to restore an
+            input that ``fn`` overwrites).
+        sync: called at the end of every timed region (e.g. ``torch.cuda.synchronize``).
+    """
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+    times = []
+    for _ in range(max(1, repeat)):
+        if setup is not None:
+            setup()
+        if sync is not None:
+            sync()
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return Timing(statistics.median(times), min(times), max(times), len(times))
+
+
+def copy_bandwidth(numel: int, *, repeat: int = 5, device: str | torch.device = "cpu") -> float:
+    """GB/s of float32 input that ``dst.copy_(src)`` moves into a preallocated tensor."""
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+    t = timeit(lambda: dst.copy_(src), repeat=repeat, warmup=2, sync=sync)
+    return t.rate(numel * 4 / 1e9)
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` intra-op threads (torch and the OpenMP/MKL pools it drives)."""
+    torch.set_num_threads(n)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """What produced the numbers: host, CPU, threads, load, software versions."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": _git_commit(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        info["loadavg"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return info
+
+
+def write_json(path: str | os.PathLike, results: dict[str, Any]) -> None:
+    """Write ``results`` with a ``machine`` section (see :func:`machine_info`)."""
+    payload = {"machine": machine_info(), **results}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A plain-text table: one dict per row, floats with 3 significant digits."""
+    if not rows:
+        return ""
+    columns = list(columns or rows[0].keys())
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            if v != v:
+                return "nan"
+            return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
+        return "" if v is None else str(v)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        lines.append("  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(row, widths)))
+    return "\n".join(lines)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str | None = None) -> None:
+    if title:
+        print(f"\n{title}")
+    print(format_table(rows, columns))
