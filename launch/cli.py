@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg.wan.insecure:
         print("WARNING: insecure run: gateways use plaintext gRPC (wan.insecure: true)", file=sys.stderr)
-    job = Job(cfg, demo_functions(cfg))
+    job = Job(cfg, demo_functions(cfg), resume=args.resume)
     print(
         f"suanwang: job {cfg.job.name}: {len(cfg.centers)} centers "
         f"({', '.join(f'{c.name}x{c.workers} {c.device}' for c in cfg.centers)}), "
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="launch config (YAML); default: the packaged demo")
     run.add_argument("--json", metavar="PATH", help="write the result as JSON")
     run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in checkpoint.dir")
     run.set_defaults(func=cmd_run)
     plan = sub.add_parser("plan", help="validate a config, print it resolved, predict WAN cost")
     plan.add_argument("config", nargs="?", help="launch config (YAML); default: the packaged demo")

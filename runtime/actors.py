@@ -63,6 +63,12 @@ class WorkerActor:
     def params_digest(self) -> str:
         return self.w.params_digest()
 
+    def save(self, path: str) -> None:
+        self.w.save(path)
+
+    def load(self, path: str) -> str:
+        return self.w.load(path)
+
     def evaluate(self) -> float:
         return self.w.evaluate()
 
@@ -112,6 +118,12 @@ class GatewayActor:
 
     def stats(self) -> dict:
         return self.g.stats()
+
+    def save(self, path: str) -> None:
+        self.g.save(path)
+
+    def load(self, path: str) -> int:
+        return self.g.load(path)
 
     def close(self) -> None:
         self.g.close()

@@ -176,6 +176,14 @@ class CodecGroupConfig(_Section):
     codec: CodecConfig
 
 
+class CheckpointConfig(_Section):
+    """When and where a job saves its state (``every_rounds: 0`` never)."""
+
+    every_rounds: Annotated[int, Field(ge=0)] = 0
+    dir: str = "{output_dir}/checkpoints"
+    keep: Annotated[int, Field(ge=1)] = 2
+
+
 class JobConfig(_Section):
     """A whole launch config."""
 
@@ -190,6 +198,7 @@ class JobConfig(_Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     wan: WanConfig
 
     @model_validator(mode="after")
@@ -223,6 +232,10 @@ class JobConfig(_Section):
     @property
     def rounds(self) -> int:
         return -(-self.train.steps // self.inner_steps)
+
+    @property
+    def checkpoint_dir(self) -> pathlib.Path:
+        return pathlib.Path(self.checkpoint.dir.format(output_dir=self.job.resolved_output_dir))
 
     def link(self, a: str, b: str) -> LinkConfig:
         for link in self.links:

@@ -17,6 +17,8 @@ from typing import Callable
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from suanwang.runtime import checkpoint as ckpt
+from suanwang.runtime.checkpoint import Manifest
 from suanwang.runtime.config import DilocoStrategy, JobConfig
 from suanwang.runtime.policy import RoundDecision, decide_round
 from suanwang.runtime.results import CenterTotals, RoundRecord
@@ -60,6 +62,7 @@ class Coordinator:
         self.history: list[RoundRecord] = []
         self.events: list[str] = []
         self.params_agree = True
+        self.initial_eval_loss = float("nan")
         self.wan_bytes = 0
         self.t0 = time.perf_counter()
 
@@ -226,7 +229,54 @@ class Coordinator:
         self.on_round(rec)
         return rec
 
-    def run(self, rounds: int, eval_every: int) -> None:
-        for r in range(rounds):
+    # ------------------------------------------------------------------ checkpoints
+    def restore(self, manifest: Manifest) -> int:
+        """Continue the accounting of a checkpointed job; returns the first round to run."""
+        self.totals = manifest.restore_totals()
+        self.history = manifest.restore_history()
+        self.link_bytes = dict(manifest.link_bytes)
+        self.wan_bytes = manifest.wan_bytes
+        self.events = list(manifest.events)
+        self.t0 = time.perf_counter() - manifest.elapsed_s
+        self.initial_eval_loss = manifest.initial_eval_loss
+        return manifest.round + 1
+
+    def checkpoint(self, r: int, numel: int) -> None:
+        """Every center saves its state for round ``r``; sealed only if all of them did."""
+        cfg = self.cfg
+        root = cfg.checkpoint_dir
+        if any(c.state != "live" for c in self.centers.values()):
+            self._event(f"round {r}: checkpoint skipped: not every center is live")
+            return
+        stage = ckpt.staging_dir(root, r)
+        refs = []
+        for c in self.centers.values():
+            refs.append(c.gateway.save.remote(str(ckpt.gateway_path(stage, c.name))))
+            refs += [w.save.remote(str(ckpt.worker_path(stage, c.name, i))) for i, w in enumerate(c.workers)]
+        ray.get(refs, timeout=cfg.wan.round_timeout_s * 4)
+        first = next(iter(self.centers.values()))
+        manifest = ckpt.Manifest(
+            job=cfg.job.name,
+            round=r,
+            strategy=cfg.strategy.kind,
+            centers={c.name: len(c.workers) for c in self.centers.values()},
+            numel=numel,
+            params_digest=ray.get(first.leader.params_digest.remote()),
+            initial_eval_loss=self.initial_eval_loss,
+            totals={k: dataclasses.asdict(v) for k, v in self.totals.items()},
+            link_bytes=dict(self.link_bytes),
+            wan_bytes=self.wan_bytes,
+            elapsed_s=time.perf_counter() - self.t0,
+            history=[dataclasses.asdict(h) for h in self.history],
+            events=list(self.events),
+        )
+        path = ckpt.seal(root, manifest, cfg.checkpoint.keep)
+        log.info("round %d: checkpoint sealed at %s", r, path)
+
+    def run(self, rounds: int, eval_every: int, start: int = 0, numel: int = 0) -> None:
+        every = self.cfg.checkpoint.every_rounds
+        for r in range(start, rounds):
             evaluate = (r + 1) % eval_every == 0 or r == rounds - 1
             self.run_round(r, evaluate)
+            if every and (r + 1) % every == 0 and r != rounds - 1:
+                self.checkpoint(r, numel)

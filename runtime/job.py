@@ -27,6 +27,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from suanwang.runtime import device as devices
 from suanwang.runtime.actors import GatewayActor, WorkerActor
+from suanwang.runtime import checkpoint as ckpt
 from suanwang.runtime.config import JobConfig
 from suanwang.runtime.coordinator import CenterHandle, Coordinator
 from suanwang.runtime.faults import Fault
@@ -49,6 +50,7 @@ class Job:
         faults: faults to inject (drills and tests): worker faults (:class:`Fault`) and
             WAN faults (:class:`~suanwang.runtime.wan.linkfaults.LinkFault`).
         ray_address: join this Ray cluster instead of starting a local one.
+        resume: continue from the newest checkpoint in ``checkpoint.dir`` if there is one.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Job:
         functions: JobFunctions,
         faults: tuple[Fault | LinkFault, ...] = (),
         ray_address: str | None = None,
+        resume: bool = False,
     ):
         for c in config.centers:
             if c.ray != "embedded":
@@ -69,6 +72,7 @@ class Job:
         self.faults = tuple(f for f in faults if isinstance(f, Fault))
         self.link_faults = tuple(f for f in faults if isinstance(f, LinkFault))
         self.ray_address = ray_address
+        self.resume = resume
         self.token = config.wan.token or secrets.token_urlsafe(24)
         self._pgs: list = []
         self._actors: list = []
@@ -169,6 +173,34 @@ class Job:
             ray.shutdown()
             self._started_ray = False
 
+    def _resume(self, handles: list[CenterHandle], coord: Coordinator) -> int:
+        """Load the newest checkpoint into every center; returns the round to start at.
+
+        Raises:
+            ValueError: the checkpoint belongs to another job layout (naming what differs).
+        """
+        found = ckpt.latest(self.cfg.checkpoint_dir)
+        if found is None:
+            log.warning("resume: no checkpoint under %s; starting from scratch", self.cfg.checkpoint_dir)
+            return 0
+        path, man = found
+        want = {h.name: len(h.workers) for h in handles}
+        if man.centers != want or man.strategy != self.cfg.strategy.kind or man.job != self.cfg.job.name:
+            raise ValueError(
+                f"checkpoint {path}: job {man.job!r} strategy {man.strategy!r} centers {man.centers}; "
+                f"this config has job {self.cfg.job.name!r} strategy {self.cfg.strategy.kind!r} centers {want}"
+            )
+        refs = [h.gateway.load.remote(str(ckpt.gateway_path(path, h.name))) for h in handles]
+        digests = [
+            w.load.remote(str(ckpt.worker_path(path, h.name, i))) for h in handles for i, w in enumerate(h.workers)
+        ]
+        ray.get(refs, timeout=_START_TIMEOUT_S)
+        got = set(ray.get(digests, timeout=_START_TIMEOUT_S))
+        if got != {man.params_digest}:
+            raise ValueError(f"checkpoint {path}: restored parameters do not match the manifest's digest")
+        log.warning("resumed from %s (round %d)", path, man.round)
+        return coord.restore(man)
+
     # ------------------------------------------------------------------ run
     def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> JobResult:
         """Train to ``train.steps`` inner steps per center; always releases every actor,
@@ -184,7 +216,11 @@ class Job:
             handles = self._start_centers()
             initial = ray.get(handles[0].leader.evaluate.remote())
             coord = Coordinator(self.cfg, handles, on_round)
-            coord.run(self.cfg.rounds, self.cfg.train.eval_every_rounds)
+            coord.initial_eval_loss = initial
+            start = self._resume(handles, coord) if self.resume else 0
+            initial = coord.initial_eval_loss
+            numel = ray.get(handles[0].leader.numel.remote())
+            coord.run(self.cfg.rounds, self.cfg.train.eval_every_rounds, start, numel)
             live = [h for h in handles if h.state == "live"]
             final_params = ray.get(live[0].leader.params_vector.remote()) if live else None
             gw_stats = {}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import os
+import pathlib
 import time
 
 import torch
@@ -196,6 +198,40 @@ class Worker:
     def apply(self, result: torch.Tensor) -> str:
         """Apply a round's result; returns the digest of the parameters now held."""
         self.strategy.apply(self, result)
+        return self.params_digest()
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, path: str) -> None:
+        """Write this worker's state (model, inner optimizer, data position, RNG)."""
+        sd = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "round_start": self.round_start,
+            "rng": torch.get_rng_state(),
+            "data": self.data.state_dict() if hasattr(self.data, "state_dict") else None,
+        }
+        p = pathlib.Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".part")
+        torch.save(sd, tmp)
+        os.replace(tmp, p)
+
+    def load(self, path: str) -> str:
+        """Restore a :meth:`save`; returns the digest of the parameters now held.
+
+        Raises:
+            ValueError: the file does not fit this model (naming the file).
+        """
+        sd = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            self.model.load_state_dict(sd["model"])
+            self.optimizer.load_state_dict(sd["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ValueError(f"checkpoint {path} does not fit this model: {err}") from None
+        self.round_start = sd["round_start"].cpu()
+        torch.set_rng_state(sd["rng"])
+        if sd.get("data") is not None and hasattr(self.data, "load_state_dict"):
+            self.data.load_state_dict(sd["data"])
         return self.params_digest()
 
     def evaluate(self) -> float:

@@ -129,12 +129,17 @@ class BlockQuantCodec(BaseCodec):
 
     def _encode_compiled(self, x, r, scales, q, main: int, backend: Backend) -> bool:
         nb, B = main // self.block_size, self.block_size
-        x2, s, q2 = x[:main].view(nb, B), scales[:nb], q[: self._qbytes(main)].view(nb, self._qbytes(B))
+        # The kernel writes the scales to a workspace tensor: inductor refuses a float32
+        # view of a byte buffer whose length is not a multiple of 4.
+        x2, s, q2 = x[:main].view(nb, B), self._ws.get("scales", nb, F32, x.device), q[: self._qbytes(main)].view(nb, self._qbytes(B))
         if self.bits == 8:
             fn, args = (compiled.int8_encode, (x2, s, q2)) if r is None else (compiled.int8_encode_ef, (x2, r[:main].view(nb, B), s, q2))
         else:
             fn, args = (compiled.int4_encode, (x2, s, q2)) if r is None else (compiled.int4_encode_ef, (x2, r[:main].view(nb, B), s, q2))
-        return self._compiled(fn, *args, numel=main, backend=backend)
+        if not self._compiled(fn, *args, numel=main, backend=backend):
+            return False
+        scales[:nb].copy_(s)
+        return True
 
     def _quant_blocks(
         self,
@@ -183,7 +188,8 @@ class BlockQuantCodec(BaseCodec):
         dev = dst.device
         nb = main // B
         q2 = q[: self._qbytes(main)].view(nb, self._qbytes(B))
-        if self.bits == 8 and self._compiled(compiled.int8_decode, q2, scales[:nb], dst[:main].view(nb, B), numel=main, backend=backend):
+        s = self._ws.get("scales", nb, F32, dev).copy_(scales[:nb])  # see _encode_compiled
+        if self.bits == 8 and self._compiled(compiled.int8_decode, q2, s, dst[:main].view(nb, B), numel=main, backend=backend):
             eager_end = 0
         else:
             eager_end = main

@@ -60,7 +60,8 @@ class BufferPool:
                     best = i
             buf = self._free.pop(best) if best is not None else None
         if buf is None:
-            buf = torch.empty(max(nbytes, 1), dtype=torch.uint8)
+            # Whole 8-byte words, so that typed views of the buffer are always possible.
+            buf = torch.empty(max(-(-nbytes // 8) * 8, 8), dtype=torch.uint8)
         return buf[:nbytes], buf
 
     def give(self, buf: torch.Tensor) -> None:

@@ -74,12 +74,15 @@ class SignCodec(BaseCodec):
         r = self._residual(state, n, dev)
         main = n // B * B
         nb = main // B
+        # (scales go through a workspace tensor: see BlockQuantCodec._encode_compiled)
+        s = self._ws.get("scales", nb, F32, dev)
         if r is None:
-            ran = self._compiled(compiled.sign_encode, x[:main].view(nb, B), scales[:nb], bits[: main // 8],
-                                 numel=main, backend=backend)
+            ran = self._compiled(compiled.sign_encode, x[:main].view(nb, B), s, bits[: main // 8], numel=main, backend=backend)
         else:
-            ran = self._compiled(compiled.sign_encode_ef, x[:main].view(nb, B), r[:main].view(nb, B), scales[:nb],
+            ran = self._compiled(compiled.sign_encode_ef, x[:main].view(nb, B), r[:main].view(nb, B), s,
                                  bits[: main // 8], numel=main, backend=backend)
+        if ran:
+            scales[:nb].copy_(s)
         for lo, hi in chunks(0 if ran else main, block_chunk(backend, B)):
             if r is None:
                 acc = self._f32("x", x[lo:hi])

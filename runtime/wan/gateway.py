@@ -425,6 +425,42 @@ class Gateway:
         self._close_round(round)
         return self.strategy.load_state(state)
 
+    def save(self, path: str) -> None:
+        """Write the center's WAN-side state: strategy state (global parameters, outer
+        momentum), codec state per tensor group, and the round."""
+        import os
+        import pathlib
+
+        with self._cond:
+            sd = {
+                "round": self.round,
+                "strategy": {k: v.clone() for k, v in self.strategy.state().items()},
+                "codecs": [g.state.state_dict() for g in self.groups],
+            }
+        p = pathlib.Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".part")
+        torch.save(sd, tmp)
+        os.replace(tmp, p)
+
+    def load(self, path: str) -> int:
+        """Restore a :meth:`save`; returns the next round.
+
+        Raises:
+            ValueError: the file was written for other tensor groups (naming the file).
+        """
+        sd = torch.load(path, weights_only=True)
+        if len(sd["codecs"]) != len(self.groups):
+            raise ValueError(f"checkpoint {path}: {len(sd['codecs'])} tensor groups, this job has {len(self.groups)}")
+        with self._cond:
+            if sd["strategy"]:
+                self.strategy.load_state(sd["strategy"])
+            for g, cs in zip(self.groups, sd["codecs"]):
+                g.state = CodecState.from_state_dict(cs)
+            self.round = int(sd["round"])
+            self._inbox.clear()
+        return self.round
+
     def stats(self) -> dict:
         t = self.transport.stats
         return {
