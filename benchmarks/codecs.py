@@ -52,6 +52,8 @@ CONFIGS = [
     Config("powersgd", "powersgd", {"rank": 4}, True),
 ]
 TOPK_RATIO = 0.01
+TARGET_MIN_NUMEL = 16 << 20
+"""Targets are judged on large tensors only (they are set for 64M elements)."""
 POWERSGD_RANK = 4
 
 # name, figure, threshold: the targets the codecs are built to meet (2 threads, 64M fp32)
@@ -255,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if extra:
             print("; ".join(extra))
-        res["targets"] = check_targets(res)
-        if res["targets"]:
+        if numel >= TARGET_MIN_NUMEL:
+            res["targets"] = check_targets(res)
             print_table(res["targets"])
     primary = results[format_size(max(args.numels))]
     summary = {k: v for k, v in primary.items() if k != "targets"}

@@ -42,6 +42,10 @@ def run(fn: Callable[..., None], *args: object, numel: int, enabled: bool) -> bo
     """
     if not enabled or numel < MIN_NUMEL or fn in _failed:
         return False
+    for t in args:
+        # inductor cannot take a typed view of a storage that is not whole elements long
+        if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() % t.element_size():
+            return False
     with _lock:
         compiled = _compiled.get(fn)
         if compiled is None:

@@ -2,7 +2,9 @@
 
 ``backend.device_kind`` is the one place that looks at a tensor's device; patching it makes
 CPU tensors take the CUDA or NPU kernel variant. Every variant must give the same result,
-and the NPU variant must run only aten ops that torch_npu implements.
+and the NPU variant must run only aten ops that torch_npu implements. On CPU, large
+tensors go through torch.compile'd kernels, which fall back to eager ops when compilation
+fails (their equivalence with eager is in test_codecs_compiled.py, marked slow).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from suanwang.runtime.compress import CodecState, make_codec
+from suanwang.runtime.compress import CodecState, compiled, make_codec
 from suanwang.runtime.compress import backend as backend_mod
 from suanwang.runtime.compress.backend import BACKENDS, GENERIC, HOST_SIDE, NPU_OPS, backend_for
 
@@ -86,3 +88,29 @@ def test_every_device_variant_gives_the_cpu_result(monkeypatch, device, kind, kw
         torch.testing.assert_close(dec_g, dec_e, rtol=0, atol=0)
     if device == "npu":
         assert recorder.ops <= NPU_OPS, f"ops torch_npu may lack: {sorted(recorder.ops - NPU_OPS)}"
+
+
+def test_failed_compilation_falls_back_to_eager(monkeypatch, caplog):
+    calls = []
+
+    def broken_compile(fn, **kw):
+        calls.append(fn)
+
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    def double(x: torch.Tensor, out: torch.Tensor) -> None:
+        out.copy_(x * 2)
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    x, out = torch.ones(4), torch.zeros(4)
+    big = compiled.MIN_NUMEL
+    assert compiled.run(double, x, out, numel=big, enabled=True) is False
+    assert "double" in compiled.failed() and "no C++ compiler" in caplog.text
+    assert compiled.run(double, x, out, numel=big, enabled=True) is False
+    assert len(calls) == 1  # not retried
+    # Small tensors and disabled codecs never try.
+    assert compiled.run(lambda *a: None, numel=big - 1, enabled=True) is False
+    assert compiled.run(lambda *a: None, numel=big, enabled=False) is False

@@ -1,0 +1,55 @@
+"""CodecConfig: the launch-config face of the codecs."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+import yaml
+
+from suanwang.runtime.compress import CODECS
+from suanwang.runtime.compress.spec import OPTIONS, CodecConfig
+
+
+def test_every_codec_kind_builds_with_defaults():
+    assert set(OPTIONS) == set(CODECS)
+    for kind in CODECS:
+        codec = CodecConfig(kind=kind).build()
+        assert isinstance(codec, CODECS[kind])
+
+
+def test_options_reach_the_codec():
+    cfg = CodecConfig.model_validate(yaml.safe_load("{kind: topk, ratio: 0.05, values: int8, lossless: true}"))
+    codec = cfg.build()
+    assert (codec.ratio, codec.values, codec.lossless) == (0.05, "int8", True)
+    assert CodecConfig(kind="int8", block_size=64, rounding="stochastic").build().block_size == 64
+    assert CodecConfig(kind="int4").build().block_size == 64  # the int4 default, not int8's
+    assert CodecConfig(kind="powersgd", rank=2, min_compress_numel=0).build().rank == 2
+    assert CodecConfig(kind="sign", nonfinite="zero", compile=False).build().nonfinite == "zero"
+
+
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"kind": "topk", "ratio": 0.0}, "ratio"),
+        ({"kind": "topk", "ratio": 1.5}, "ratio"),
+        ({"kind": "powersgd", "rank": 0}, "rank"),
+        ({"kind": "int8", "block_size": 12}, "block_size"),
+        ({"kind": "int8", "rounding": "up"}, "rounding"),
+        ({"kind": "topk", "values": "int4"}, "values"),
+        ({"kind": "int8", "rank": 2}, r"does not take \['rank'\]"),
+        ({"kind": "none", "lossless": True}, "does not take"),
+        ({"kind": "zip"}, "kind"),
+        ({"kind": "int8", "blocksize": 64}, "blocksize"),
+    ],
+)
+def test_bad_configs_name_the_field(fields, match):
+    with pytest.raises(pydantic.ValidationError, match=match):
+        CodecConfig(**fields)
+
+
+def test_config_is_frozen_and_round_trips():
+    cfg = CodecConfig(kind="sign", block_size=512)
+    with pytest.raises(pydantic.ValidationError):
+        cfg.kind = "int8"
+    again = CodecConfig.model_validate(cfg.model_dump(exclude_unset=True))
+    assert again == cfg
