@@ -59,7 +59,9 @@ class BlockQuantCodec(BaseCodec):
     def __init__(self, *, block_size: int = 256, rounding: Rounding = "nearest", seed: int = 0, **kw) -> None:
         super().__init__(**kw)
         if not isinstance(block_size, int) or not 8 <= block_size <= MAX_BLOCK or block_size % 8:
-            raise ValueError(f"codec {self.name}: block_size must be a multiple of 8 in [8, {MAX_BLOCK}], not {block_size!r}")
+            raise ValueError(
+                f"codec {self.name}: block_size must be a multiple of 8 in [8, {MAX_BLOCK}], not {block_size!r}"
+            )
         if rounding not in ("nearest", "stochastic"):
             raise ValueError(f"codec {self.name}: rounding must be 'nearest' or 'stochastic', not {rounding!r}")
         self.block_size = block_size
@@ -131,11 +133,15 @@ class BlockQuantCodec(BaseCodec):
         nb, B = main // self.block_size, self.block_size
         # The kernel writes the scales to a workspace tensor: inductor refuses a float32
         # view of a byte buffer whose length is not a multiple of 4.
-        x2, s, q2 = x[:main].view(nb, B), self._ws.get("scales", nb, F32, x.device), q[: self._qbytes(main)].view(nb, self._qbytes(B))
-        if self.bits == 8:
-            fn, args = (compiled.int8_encode, (x2, s, q2)) if r is None else (compiled.int8_encode_ef, (x2, r[:main].view(nb, B), s, q2))
+        x2 = x[:main].view(nb, B)
+        s = self._ws.get("scales", nb, F32, x.device)
+        q2 = q[: self._qbytes(main)].view(nb, self._qbytes(B))
+        if r is None:
+            fn = compiled.int8_encode if self.bits == 8 else compiled.int4_encode
+            args = (x2, s, q2)
         else:
-            fn, args = (compiled.int4_encode, (x2, s, q2)) if r is None else (compiled.int4_encode_ef, (x2, r[:main].view(nb, B), s, q2))
+            fn = compiled.int8_encode_ef if self.bits == 8 else compiled.int4_encode_ef
+            args = (x2, r[:main].view(nb, B), s, q2)
         if not self._compiled(fn, *args, numel=main, backend=backend):
             return False
         scales[:nb].copy_(s)
@@ -189,7 +195,8 @@ class BlockQuantCodec(BaseCodec):
         nb = main // B
         q2 = q[: self._qbytes(main)].view(nb, self._qbytes(B))
         s = self._ws.get("scales", nb, F32, dev).copy_(scales[:nb])  # see _encode_compiled
-        if self.bits == 8 and self._compiled(compiled.int8_decode, q2, s, dst[:main].view(nb, B), numel=main, backend=backend):
+        out2 = dst[:main].view(nb, B)
+        if self.bits == 8 and self._compiled(compiled.int8_decode, q2, s, out2, numel=main, backend=backend):
             eager_end = 0
         else:
             eager_end = main

@@ -11,6 +11,7 @@ A codec subclasses :class:`BaseCodec` and writes three methods:
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator, Mapping
 from typing import ClassVar, Literal
@@ -45,14 +46,8 @@ def chunks(n: int, step: int) -> Iterator[tuple[int, int]]:
 
 def block_chunk(backend: Backend, block: int) -> int:
     """A chunk length near the backend's that is a multiple of ``block`` (and of 8)."""
-    unit = block * 8 // _gcd(block, 8)
+    unit = math.lcm(block, 8)
     return max(unit, backend.chunk_elems // unit * unit)
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 class Output:
@@ -205,7 +200,9 @@ class BaseCodec(Codec):
         return self._ws.get(name, x.numel(), F32, x.device).copy_(x)
 
     @staticmethod
-    def _residual(state: CodecState | None, numel: int, device: torch.device, key: str = "residual") -> torch.Tensor | None:
+    def _residual(
+        state: CodecState | None, numel: int, device: torch.device, key: str = "residual"
+    ) -> torch.Tensor | None:
         """The error-feedback residual of ``state`` (flat float32, created as zeros)."""
         if state is None:
             return None

@@ -72,7 +72,7 @@ TINY = 1e-30
 
 def _quantize(a: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     amax = a.abs().amax(dim=1, keepdim=True)
-    inv = qmax / amax.clamp(min=TINY)
+    inv = (1.0 / amax.clamp(min=TINY)) * qmax  # as the eager kernel computes it
     t = torch.round(a * inv)
     scale = amax / qmax
     return t, scale, t * scale

@@ -46,7 +46,8 @@ def codec_for_enum(value: int) -> type[Codec]:
     for cls in CODECS.values():
         if cls.kind == value:
             return cls
-    raise ValueError(f"no codec for enum value {wan_pb2.Codec.Name(value) if value in wan_pb2.Codec.values() else value}")
+    name = wan_pb2.Codec.Name(value) if value in wan_pb2.Codec.values() else value
+    raise ValueError(f"no codec for enum value {name}")
 
 
 def missing_codecs() -> list[str]:

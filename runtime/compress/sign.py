@@ -49,7 +49,9 @@ class SignCodec(BaseCodec):
     def __init__(self, *, block_size: int = 256, **kw) -> None:
         super().__init__(**kw)
         if not isinstance(block_size, int) or not 8 <= block_size <= MAX_BLOCK or block_size % 8:
-            raise ValueError(f"codec sign: block_size must be a multiple of 8 in [8, {MAX_BLOCK}], not {block_size!r}")
+            raise ValueError(
+                f"codec sign: block_size must be a multiple of 8 in [8, {MAX_BLOCK}], not {block_size!r}"
+            )
         self.block_size = block_size
 
     def _describe(self) -> str:
@@ -76,11 +78,11 @@ class SignCodec(BaseCodec):
         nb = main // B
         # (scales go through a workspace tensor: see BlockQuantCodec._encode_compiled)
         s = self._ws.get("scales", nb, F32, dev)
+        x2, b = x[:main].view(nb, B), bits[: main // 8]
         if r is None:
-            ran = self._compiled(compiled.sign_encode, x[:main].view(nb, B), s, bits[: main // 8], numel=main, backend=backend)
+            ran = self._compiled(compiled.sign_encode, x2, s, b, numel=main, backend=backend)
         else:
-            ran = self._compiled(compiled.sign_encode_ef, x[:main].view(nb, B), r[:main].view(nb, B), s,
-                                 bits[: main // 8], numel=main, backend=backend)
+            ran = self._compiled(compiled.sign_encode_ef, x2, r[:main].view(nb, B), s, b, numel=main, backend=backend)
         if ran:
             scales[:nb].copy_(s)
         for lo, hi in chunks(0 if ran else main, block_chunk(backend, B)):
@@ -88,7 +90,8 @@ class SignCodec(BaseCodec):
                 acc = self._f32("x", x[lo:hi])
             else:
                 acc = torch.add(r[lo:hi], x[lo:hi], out=self._ws.get("acc", hi - lo, F32, dev))
-            self._sign_blocks(acc, scales[lo // B : hi // B], bits[lo // 8 : hi // 8], None if r is None else r[lo:hi], B, backend)
+            rc = None if r is None else r[lo:hi]
+            self._sign_blocks(acc, scales[lo // B : hi // B], bits[lo // 8 : hi // 8], rc, B, backend)
         if main < n:
             tail = n - main
             acc = self._ws.zeros("tail", B, F32, dev)
@@ -107,7 +110,13 @@ class SignCodec(BaseCodec):
         return params, out
 
     def _sign_blocks(
-        self, acc: torch.Tensor, scales: torch.Tensor, bits: torch.Tensor, r: torch.Tensor | None, count: int, backend: Backend
+        self,
+        acc: torch.Tensor,
+        scales: torch.Tensor,
+        bits: torch.Tensor,
+        r: torch.Tensor | None,
+        count: int,
+        backend: Backend,
     ) -> None:
         """Encode whole blocks of ``acc``; a block's scale is its magnitude sum / ``count``."""
         nb, B, dev = scales.numel(), self.block_size, acc.device
