@@ -8,7 +8,9 @@ PyTorch's PowerSGD DDP hook at the same rank.
     python -m suanwang.benchmarks.codecs --quick                        # smoke test
 
 Throughput is GB of float32 input per second. Codecs with error feedback (topk, sign,
-powersgd) are timed with a state, as they are used.
+powersgd) are timed with a state, as they are used. Each figure is timed taking turns with
+the copy (and topk with torch.topk, powersgd with the hook), and its ratio uses the copy
+measured alongside: on a shared machine, load changes within seconds.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import statistics
 from typing import Any
 
 import torch
 
 from suanwang.benchmarks.common import (
-    copy_bandwidth,
+    CopyBaseline,
     format_size,
     parse_size,
     print_table,
     set_threads,
-    timeit,
+    timeit_interleaved,
     write_json,
 )
 from suanwang.runtime.compress import CodecState, make_codec
@@ -116,33 +119,38 @@ def _gram_schmidt(matrices: torch.Tensor) -> None:  # pragma: no cover
             rest -= torch.sum(col * rest, dim=1, keepdim=True) * col
 
 
-def bench_codec(cfg: Config, x: torch.Tensor, copy_gbps: float, repeat: int) -> dict[str, Any]:
+def bench_codec(cfg: Config, x: torch.Tensor, copy: CopyBaseline, repeat: int) -> dict[str, Any]:
+    """Encode and decode throughput of one codec, taking turns with the copy baseline."""
     gb = x.numel() * 4 / 1e9
     codec = make_codec(cfg.kind, **cfg.params)
     state = CodecState() if cfg.error_feedback else None
-
-    def encode() -> None:
-        codec.encode(x, state).release()
-
-    t_enc = timeit(encode, repeat=repeat, warmup=2)
-    enc = codec.encode(x, state)
+    payload = codec.encode(x, state)  # also compiles the kernels, untimed
     out = torch.empty_like(x)
-    t_dec = timeit(lambda: codec.decode(enc, out=out), repeat=repeat, warmup=1)
-    ratio = x.numel() * 4 / enc.nbytes
-    enc.release()
+    t = timeit_interleaved(
+        {
+            "copy": copy,
+            "encode": lambda: codec.encode(x, state).release(),
+            "decode": lambda: codec.decode(payload, out=out),
+        },
+        repeat=repeat,
+        warmup=1,
+    )
+    ratio = x.numel() * 4 / payload.nbytes
+    payload.release()
     # One stateless round trip for the error.
     fresh = make_codec(cfg.kind, **cfg.params)
-    once = fresh.encode(x)
-    fresh.decode(once, out=out)
+    fresh.decode(fresh.encode(x), out=out)
     rel_err = float(torch.linalg.vector_norm(out.sub_(x)) / torch.linalg.vector_norm(x))
-    enc_gbps, dec_gbps = t_enc.rate(gb), t_dec.rate(gb)
+    copy_gbps = copy.gbps(t["copy"])
+    enc_gbps, dec_gbps = t["encode"].rate(gb), t["decode"].rate(gb)
     return {
         "encode_GBps": enc_gbps,
         "decode_GBps": dec_gbps,
         "encode_vs_copy": enc_gbps / copy_gbps,
         "decode_vs_copy": dec_gbps / copy_gbps,
-        "encode_s": t_enc.median,
-        "decode_s": t_dec.median,
+        "copy_GBps": copy_gbps,
+        "encode_s": t["encode"].median,
+        "decode_s": t["decode"].median,
         "ratio": ratio,
         "rel_err": rel_err,
         "error_feedback": cfg.error_feedback,
@@ -150,37 +158,72 @@ def bench_codec(cfg: Config, x: torch.Tensor, copy_gbps: float, repeat: int) -> 
     }
 
 
-def bench_size(numel: int, repeat: int, configs: list[Config]) -> dict[str, Any]:
+def bench_baselines(x: torch.Tensor, copy: CopyBaseline, repeat: int) -> dict[str, Any]:
+    """torch.topk and the PowerSGD hook math, each taking turns with the codec it is the
+    baseline of (and with the copy)."""
+    numel = x.numel()
     gb = numel * 4 / 1e9
+    k = max(1, math.ceil(TOPK_RATIO * numel))
+    topk = make_codec("topk", ratio=TOPK_RATIO)
+    topk_state = CodecState()
+    topk.encode(x, topk_state).release()
+    t1 = timeit_interleaved(
+        {
+            "copy": copy,
+            "torch_topk": lambda: torch.topk(x.abs(), k, sorted=False),
+            "topk": lambda: topk.encode(x, topk_state).release(),
+        },
+        repeat=max(1, min(repeat, 3)),
+        warmup=1,
+    )
+    del topk, topk_state
+    rows, cols = matrix_shape((numel,), numel)
+    rank = min(POWERSGD_RANK, rows, cols)
+    hook = HookMath(rows, cols, rank)
+    psgd = make_codec("powersgd", rank=rank)
+    psgd_state = CodecState()
+    payload = psgd.encode(x, psgd_state)
+    out = torch.empty_like(x)
+    t2 = timeit_interleaved(
+        {
+            "copy": copy,
+            "hook": hook.step,
+            "encode": lambda: psgd.encode(x, psgd_state).release(),
+            "decode": lambda: psgd.decode(payload, out=out),
+        },
+        repeat=max(1, min(repeat, 3)),
+        warmup=1,
+        setup={"hook": lambda: hook.load(x)},
+    )
+    del hook
+    copy_gbps = copy.gbps(t1["copy"])
+    return {
+        "copy_times": [t1["copy"].median, t2["copy"].median],
+        "torch_topk_GBps": t1["torch_topk"].rate(gb),
+        "torch_topk_vs_copy": t1["torch_topk"].rate(gb) / copy_gbps,
+        "topk_vs_torch_topk": t1["torch_topk"].median / t1["topk"].median,
+        "powersgd_hook_s": t2["hook"].median,
+        "powersgd_hook_GBps": t2["hook"].rate(gb),
+        "powersgd_hook_vs_copy": t2["hook"].rate(gb) / copy.gbps(t2["copy"]),
+        "powersgd_vs_hook": t2["hook"].median / (t2["encode"].median + t2["decode"].median),
+        "powersgd_encode_vs_hook": t2["hook"].median / t2["encode"].median,
+    }
+
+
+def bench_size(numel: int, repeat: int, configs: list[Config]) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(numel, generator=g)
-    copy_gbps = copy_bandwidth(numel, repeat=repeat)
-    k = max(1, math.ceil(TOPK_RATIO * numel))
-    t_topk = timeit(lambda: torch.topk(x.abs(), k, sorted=False), repeat=max(1, min(repeat, 3)), warmup=1)
-    rows, cols = matrix_shape((numel,), numel)
-    hook = HookMath(rows, cols, min(POWERSGD_RANK, rows, cols))
-    t_hook = timeit(hook.step, repeat=max(1, min(repeat, 3)), warmup=1, setup=lambda: hook.load(x))
-    del hook
-    res: dict[str, Any] = {
+    copy = CopyBaseline(numel)
+    base = bench_baselines(x, copy, repeat)
+    codecs = {cfg.name: bench_codec(cfg, x, copy, repeat) for cfg in configs}
+    copy_s = base.pop("copy_times") + [numel * 4 / 1e9 / c["copy_GBps"] for c in codecs.values()]
+    return {
         "numel": numel,
-        "copy_GBps": copy_gbps,
-        "torch_topk_GBps": t_topk.rate(gb),
-        "torch_topk_vs_copy": t_topk.rate(gb) / copy_gbps,
-        "powersgd_hook_s": t_hook.median,
-        "powersgd_hook_GBps": t_hook.rate(gb),
-        "powersgd_hook_vs_copy": t_hook.rate(gb) / copy_gbps,
-        "codecs": {},
+        # the median of the copy figures measured next to each codec and baseline
+        "copy_GBps": numel * 4 / 1e9 / statistics.median(copy_s),
+        **base,
+        "codecs": codecs,
     }
-    for cfg in configs:
-        res["codecs"][cfg.name] = bench_codec(cfg, x, copy_gbps, repeat)
-    codecs = res["codecs"]
-    if "topk" in codecs:
-        res["topk_vs_torch_topk"] = codecs["topk"]["encode_GBps"] / res["torch_topk_GBps"]
-    if "powersgd" in codecs:
-        p = codecs["powersgd"]
-        res["powersgd_vs_hook"] = t_hook.median / (p["encode_s"] + p["decode_s"])
-        res["powersgd_encode_vs_hook"] = t_hook.median / p["encode_s"]
-    return res
 
 
 def check_targets(res: dict[str, Any]) -> list[dict[str, Any]]:

@@ -93,6 +93,62 @@ def timeit(
     return Timing(statistics.median(times), min(times), max(times), len(times))
 
 
+def timeit_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    repeat: int = 5,
+    warmup: int = 1,
+    setup: dict[str, Callable[[], Any]] | None = None,
+    sync: Callable[[], Any] | None = None,
+) -> dict[str, Timing]:
+    """Time several functions taking turns (a, b, c, a, b, c, ...), so that each sees the
+    same machine: on shared hosts, load drifts within seconds, and a ratio of two figures
+    measured a minute apart says more about the neighbours than about the code.
+
+    Args:
+        setup: per-name untimed preparation run before each call of that function.
+    """
+    setup = setup or {}
+    for _ in range(warmup):
+        for name, fn in fns.items():
+            if name in setup:
+                setup[name]()
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeat)):
+        for name, fn in fns.items():
+            if name in setup:
+                setup[name]()
+            if sync is not None:
+                sync()
+            t0 = time.perf_counter()
+            fn()
+            if sync is not None:
+                sync()
+            times[name].append(time.perf_counter() - t0)
+    return {
+        name: Timing(statistics.median(ts), min(ts), max(ts), len(ts)) for name, ts in times.items()
+    }
+
+
+class CopyBaseline:
+    """``dst.copy_(src)`` of float32 into a preallocated tensor: the bandwidth baseline.
+
+    Call it inside :func:`timeit_interleaved` next to what it is the baseline of.
+    """
+
+    def __init__(self, numel: int, device: str | torch.device = "cpu") -> None:
+        self.numel = numel
+        self.src = torch.randn(numel, device=device)
+        self.dst = torch.empty_like(self.src)
+
+    def __call__(self) -> None:
+        self.dst.copy_(self.src)
+
+    def gbps(self, t: Timing) -> float:
+        return t.rate(self.numel * 4 / 1e9)
+
+
 def copy_bandwidth(numel: int, *, repeat: int = 5, device: str | torch.device = "cpu") -> float:
     """GB/s of float32 input that ``dst.copy_(src)`` moves into a preallocated tensor."""
     src = torch.randn(numel, device=device)
