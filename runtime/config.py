@@ -98,7 +98,32 @@ class DilocoStrategy(_Section):
     nesterov: bool = True
 
 
-StrategyConfig = Annotated[Union[SyncStrategy, DilocoStrategy], Field(discriminator="kind")]
+class StreamingStrategy(_Section):
+    """Streaming DiLoCo: the model is cut into ``fragments``; every ``inner_steps /
+    fragments`` inner steps one fragment is synchronised (so each fragment every
+    ``inner_steps``), its exchange overlapping the next inner steps (``overlap: 1``); the
+    fragment's new global value arrives one round late and is mixed into the local one:
+    ``local = mix * local + (1 - mix) * global``."""
+
+    kind: Literal["streaming"]
+    inner_steps: Annotated[int, Field(ge=1)] = 20
+    fragments: Annotated[int, Field(ge=1, le=1024)] = 4
+    overlap: Literal[0, 1] = 1
+    mix: Annotated[float, Field(ge=0, le=1)] = 0.5
+    outer_lr: Annotated[float, Field(gt=0)] = 0.7
+    outer_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = True
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "StreamingStrategy":
+        if self.inner_steps % self.fragments:
+            raise ValueError(
+                f"inner_steps: {self.inner_steps} is not a multiple of fragments ({self.fragments})"
+            )
+        return self
+
+
+StrategyConfig = Annotated[Union[SyncStrategy, DilocoStrategy, StreamingStrategy], Field(discriminator="kind")]
 
 
 class OptimizerConfig(_Section):
@@ -227,7 +252,12 @@ class JobConfig(_Section):
 
     @property
     def inner_steps(self) -> int:
-        return self.strategy.inner_steps if isinstance(self.strategy, DilocoStrategy) else 1
+        """Inner steps per round (per slot under streaming)."""
+        if isinstance(self.strategy, DilocoStrategy):
+            return self.strategy.inner_steps
+        if isinstance(self.strategy, StreamingStrategy):
+            return self.strategy.inner_steps // self.strategy.fragments
+        return 1
 
     @property
     def rounds(self) -> int:
@@ -252,7 +282,7 @@ def _path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("sync", "diloco") and out.endswith("strategy"):
+        elif part in ("sync", "diloco", "streaming") and out.endswith("strategy"):
             continue  # pydantic names the union branch; the user wrote no such key
         else:
             out += ("." if out else "") + str(part)

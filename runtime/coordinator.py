@@ -65,6 +65,7 @@ class Coordinator:
         self.initial_eval_loss = float("nan")
         self.wan_bytes = 0
         self.t0 = time.perf_counter()
+        self._slots: dict[int, dict] = {}
 
     def _event(self, msg: str) -> None:
         log.warning(msg)
@@ -100,22 +101,38 @@ class Coordinator:
             self._event(f"{c.name}: rejoined at round {last_round + 1} with state fetched from {source}")
 
     # ------------------------------------------------------------------ one round
-    def run_round(self, r: int, evaluate: bool) -> RoundRecord:
-        cfg = self.cfg
+    # ------------------------------------------------------------------ one round (slot)
+    def _work(self, r: int) -> None:
+        """Start round ``r``'s local work on every live center."""
         live = [c for c in self.centers.values() if c.state == "live"]
         if not live:
             raise RuntimeError(f"round {r}: no live center left")
+        self._slots[r] = {
+            "live": live,
+            "t0": time.perf_counter(),
+            "stats": {c.name: [w.local_work.remote(r) for w in c.workers][0] for c in live},
+        }
+
+    def _send(self, r: int) -> None:
+        """Hand round ``r``'s contributions to the gateways (queued behind the local work
+        and behind the previous round's results, in each actor's order)."""
+        slot = self._slots[r]
+        names = [c.name for c in slot["live"]]
+        deadline = time.time() + self.cfg.wan.round_timeout_s
+        slot["deadline"] = deadline
+        slot["contrib"] = {
+            c.name: c.gateway.contribute.remote(r, c.leader.contribution.remote(), slot["stats"][c.name], deadline, names)
+            for c in slot["live"]
+        }
+
+    def _complete(self, r: int, evaluate: bool) -> RoundRecord:
+        """Decide who takes part in round ``r``, reduce, and queue the result on the workers."""
+        cfg = self.cfg
+        slot = self._slots.pop(r)
+        live, contrib, stats = slot["live"], slot["contrib"], slot["stats"]
         names = [c.name for c in live]
-        t_round = time.perf_counter()
-        deadline = time.time() + cfg.wan.round_timeout_s
-        stats, contrib = {}, {}
-        for c in live:
-            st = [w.local_work.remote(r) for w in c.workers]
-            stats[c.name] = st[0]
-            tensor = c.leader.contribution.remote()
-            contrib[c.name] = c.gateway.contribute.remote(r, tensor, st[0], deadline, names)
         refs = list(contrib.values())
-        ray.wait(refs, num_returns=len(refs), timeout=max(0.0, deadline - time.time()) + _GRACE_S)
+        ray.wait(refs, num_returns=len(refs), timeout=max(0.0, slot["deadline"] - time.time()) + _GRACE_S)
         held, failures, reports = {}, {}, {}
         for c in live:
             ref = contrib[c.name]
@@ -129,9 +146,6 @@ class Coordinator:
                 continue
             reports[c.name] = rep
             held[c.name] = rep.held
-        if any(rep.schedule == "ring" for rep in reports.values()):
-            # the ring exchanges after the participants are fixed: all who reported qualify
-            held = {c: sorted(reports) for c in reports}
         decision = decide_round(r, names, held, failures)
         for c, why in decision.excluded.items():
             self._event(f"round {r}: {c} left out: {why}")
@@ -139,9 +153,15 @@ class Coordinator:
             raise RuntimeError(f"round {r}: no center can commit: {dict(decision.excluded)}")
         reduced = self._reduce(r, decision, reports)
         self._apply(r, decision, live, reduced, evaluate)
-        rec = self._record(r, decision, reports, reduced, stats, t_round)
+        rec = self._record(r, decision, reports, reduced, stats, slot["t0"])
         self._catch_up(r, decision.participants[0])
         return rec
+
+    def run_round(self, r: int, evaluate: bool) -> RoundRecord:
+        """One round without overlap: work, send, complete."""
+        self._work(r)
+        self._send(r)
+        return self._complete(r, evaluate)
 
     def _reduce(self, r: int, decision: RoundDecision, reports) -> dict:
         """Every participant reduces; returns their reports (a failure as ``None``)."""
@@ -224,6 +244,7 @@ class Coordinator:
             link_bytes=round_links,
             centers=per_center,
             abandoned=self.abandoned,
+            fragment=next((rep.fragment for rep in reduced.values() if rep is not None), 0),
         )
         self.history.append(rec)
         self.on_round(rec)
@@ -274,9 +295,21 @@ class Coordinator:
         log.info("round %d: checkpoint sealed at %s", r, path)
 
     def run(self, rounds: int, eval_every: int, start: int = 0, numel: int = 0) -> None:
+        """Run rounds ``start..rounds-1``. With ``overlap`` (streaming), round ``r``'s
+        exchange runs while the workers compute round ``r + 1``, and its result is applied
+        one round late."""
         every = self.cfg.checkpoint.every_rounds
+        overlap = getattr(self.cfg.strategy, "overlap", 0)
         for r in range(start, rounds):
             evaluate = (r + 1) % eval_every == 0 or r == rounds - 1
-            self.run_round(r, evaluate)
-            if every and (r + 1) % every == 0 and r != rounds - 1:
+            if not overlap:
+                self.run_round(r, evaluate)
+            else:
+                self._work(r)
+                if r > start:
+                    self._complete(r - 1, (r % eval_every) == 0)
+                self._send(r)
+                if r == rounds - 1:
+                    self._complete(r, True)
+            if every and (r + 1) % every == 0 and r != rounds - 1 and not overlap:
                 self.checkpoint(r, numel)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 from suanwang.runtime.compress import Codec, make_codec
 from suanwang.runtime.config import JobConfig
@@ -67,11 +68,41 @@ def plan_groups(layout: Sequence[LayoutEntry], cfg: JobConfig) -> list[GroupPlan
     return out
 
 
-def build_groups(layout: Sequence[LayoutEntry], cfg: JobConfig) -> list[tuple[int, Codec, tuple[int, ...] | None]]:
-    """``[(elements, codec, shape or None)]`` for the gateway, in layout order."""
+def build_groups(
+    layout: Sequence[LayoutEntry], cfg: JobConfig
+) -> list[tuple[int, Callable[[], Codec], tuple[int, ...] | None]]:
+    """``[(elements, codec factory, shape or None)]`` for the gateway, in layout order (a
+    factory, because a group cut by streaming fragments needs one codec per piece)."""
     specs = [cfg.codec] + [g.codec for g in cfg.codec_groups]
     out = []
     for g in plan_groups(layout, cfg):
-        codec = make_codec("none") if g.dense else specs[g.config_index].build()
-        out.append((g.numel, codec, g.shape))
+        factory = functools.partial(make_codec, "none") if g.dense else specs[g.config_index].build
+        out.append((g.numel, factory, g.shape))
     return out
+
+
+def fragment_bounds(layout: Sequence[LayoutEntry], fragments: int) -> list[tuple[int, int]]:
+    """Cut the flat layout into ``fragments`` contiguous ranges of near-equal size, at
+    parameter boundaries (a tensor is never split across fragments).
+
+    Raises:
+        ValueError: there are fewer parameters than fragments.
+    """
+    sizes = [math.prod(shape) for _, _, shape in layout]
+    if fragments > len(sizes):
+        raise ValueError(f"strategy.fragments: {fragments} fragments but only {len(sizes)} parameter tensors")
+    total = sum(sizes)
+    bounds, start, acc = [], 0, 0
+    for i, n in enumerate(sizes):
+        cuts_left = fragments - 1 - len(bounds)
+        if cuts_left and acc > start:
+            ideal = total * (len(bounds) + 1) / fragments
+            tensors_left = len(sizes) - i  # including this one
+            # cut before this tensor if that lands nearer the ideal boundary, or if every
+            # remaining tensor must open a fragment of its own
+            if abs(acc - ideal) <= abs(acc + n - ideal) or tensors_left == cuts_left:
+                bounds.append((start, acc))
+                start = acc
+        acc += n
+    bounds.append((start, total))
+    return bounds

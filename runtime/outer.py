@@ -26,20 +26,24 @@ class OuterSGD:
         self.nesterov = nesterov
         self.buf: torch.Tensor | None = None
 
-    def step(self, params: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """Update ``params`` in place with ``grad`` (the mean pseudo-gradient); returns it."""
+    def step(self, params: torch.Tensor, grad: torch.Tensor, span: tuple[int, int] | None = None) -> torch.Tensor:
+        """Update ``params`` in place with ``grad`` (the mean pseudo-gradient); returns it.
+
+        With ``span=(a, b)``, ``grad`` is the gradient of ``params[a:b]`` only and only that
+        slice (and its momentum) moves: streaming DiLoCo steps one fragment at a time.
+        """
+        a, b = span if span is not None else (0, params.numel())
+        target = params[a:b]
         if self.momentum > 0:
             if self.buf is None:
-                self.buf = grad.detach().clone()
-            else:
-                self.buf.mul_(self.momentum).add_(grad)
-            if self.nesterov:
-                update = grad.add(self.buf, alpha=self.momentum)
-            else:
-                update = self.buf
+                # zeros, then buf = momentum * 0 + grad: bit-identical to torch's clone(grad)
+                self.buf = torch.zeros_like(params)
+            buf = self.buf[a:b]
+            buf.mul_(self.momentum).add_(grad)
+            update = grad.add(buf, alpha=self.momentum) if self.nesterov else buf
         else:
             update = grad
-        params.add_(update, alpha=-self.lr)
+        target.add_(update, alpha=-self.lr)
         return params
 
     def state_dict(self) -> dict:

@@ -37,6 +37,8 @@ class RoundRecord:
     centers: dict[str, dict[str, Any]]
     # a participant failed to reduce and every participant rolled the round back
     abandoned: bool = False
+    # streaming: which fragment of the model this round synchronised
+    fragment: int = 0
 
 
 @dataclasses.dataclass

@@ -21,7 +21,7 @@ from suanwang.runtime import device as devices
 from suanwang.runtime.config import JobConfig
 from suanwang.runtime.faults import Fault, fire
 from suanwang.runtime.flat import digest, flatten, unflatten_into
-from suanwang.runtime.groups import group_of, group_order
+from suanwang.runtime.groups import fragment_bounds, group_of, group_order
 from suanwang.runtime.functions import DataShard, JobFunctions, batch_samples, batch_to
 from suanwang.runtime.strategies import LocalStats, worker_strategy
 
@@ -80,6 +80,8 @@ class Worker:
             DataShard(spec.center, spec.center_index, spec.num_centers, spec.rank, spec.world_size, cfg.job.seed)
         )
         self.strategy = worker_strategy(cfg)
+        if hasattr(self.strategy, "fragments"):
+            self.strategy.fragments = fragment_bounds(self.layout(), cfg.strategy.fragments)
         # grads (weighted by local samples), then [samples, loss * samples]
         self._buf = torch.zeros(self.numel + 2, dtype=torch.float32, device=self.device)
         self.round_start = self.params_vector()
@@ -175,9 +177,11 @@ class Worker:
     def params_vector(self) -> torch.Tensor:
         return flatten(self.params)
 
-    def load_params_vector(self, flat: torch.Tensor) -> None:
+    def load_params_vector(self, flat: torch.Tensor, round_start: torch.Tensor | None = None) -> None:
+        """Load parameters; the global state becomes ``round_start`` (default: ``flat``)."""
         unflatten_into(flat.to(self.device), self.params)
-        self.round_start = flat.detach().to(torch.float32).cpu().clone()
+        src = flat if round_start is None else round_start
+        self.round_start = src.detach().to(torch.float32).cpu().clone()
 
     def layout(self) -> list[tuple[int, str, tuple[int, ...]]]:
         """The flat layout: (config group, name, shape) per parameter, in order (see
@@ -195,10 +199,11 @@ class Worker:
     def contribution(self) -> torch.Tensor:
         return self.strategy.contribution(self)
 
-    def apply(self, result: torch.Tensor) -> str:
-        """Apply a round's result; returns the digest of the parameters now held."""
+    def apply(self, result) -> str:
+        """Apply a round's result; returns the digest of what every center must agree on
+        (the parameters, or the global state under streaming)."""
         self.strategy.apply(self, result)
-        return self.params_digest()
+        return digest(self.strategy.agreement_tensor(self))
 
     # ------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:
@@ -237,9 +242,15 @@ class Worker:
     def evaluate(self) -> float:
         if self.fns.eval_fn is None:
             return float("nan")
+        swap = self.strategy.eval_tensor(self)
+        saved = self.params_vector() if swap is not None else None
         self.model.eval()
         try:
             with torch.no_grad():
+                if swap is not None:
+                    unflatten_into(swap.to(self.device), self.params)
                 return float(self.fns.eval_fn(self.model))
         finally:
+            if saved is not None:
+                unflatten_into(saved.to(self.device), self.params)
             self.model.train()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from suanwang.runtime.config import DilocoStrategy, JobConfig, SyncStrategy
+from suanwang.runtime.config import DilocoStrategy, JobConfig, StreamingStrategy, SyncStrategy
 from suanwang.runtime.strategies.base import CenterStrategy, LocalStats, WorkerStrategy
 from suanwang.runtime.strategies.diloco import DilocoCenter, DilocoWorker
+from suanwang.runtime.strategies.streaming import StreamingCenter, StreamingWorker
 from suanwang.runtime.strategies.sync import SyncCenter, SyncWorker
 
 __all__ = [
@@ -22,6 +23,8 @@ def worker_strategy(cfg: JobConfig) -> WorkerStrategy:
         return DilocoWorker(s.inner_steps)
     if isinstance(s, SyncStrategy):
         return SyncWorker()
+    if isinstance(s, StreamingStrategy):
+        return StreamingWorker(s.inner_steps // s.fragments, s.mix)
     raise ValueError(f"strategy.kind: unsupported {s.kind!r}")
 
 
@@ -31,4 +34,6 @@ def center_strategy(cfg: JobConfig) -> CenterStrategy:
         return DilocoCenter(s.outer_lr, s.outer_momentum, s.nesterov)
     if isinstance(s, SyncStrategy):
         return SyncCenter()
+    if isinstance(s, StreamingStrategy):
+        return StreamingCenter(s.outer_lr, s.outer_momentum, s.nesterov)
     raise ValueError(f"strategy.kind: unsupported {s.kind!r}")

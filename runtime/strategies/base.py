@@ -45,6 +45,15 @@ class WorkerStrategy(abc.ABC):
         """Apply the round's broadcast result to this worker's replica (``None``: the
         round was abandoned and there is nothing to apply)."""
 
+    def agreement_tensor(self, worker: "Worker") -> torch.Tensor:
+        """What must be bit-identical in every center after a round (default: the global
+        parameters the worker last received)."""
+        return worker.round_start
+
+    def eval_tensor(self, worker: "Worker") -> torch.Tensor | None:
+        """Parameters to evaluate instead of the replica's own (``None``: the replica's)."""
+        return None
+
 
 class CenterStrategy(abc.ABC):
     """The gateway half of a strategy."""
@@ -54,11 +63,12 @@ class CenterStrategy(abc.ABC):
         """Start from the job's initial parameters (identical in every center)."""
 
     @abc.abstractmethod
-    def post(self, mean: torch.Tensor) -> torch.Tensor:
-        """Turn the cross-center mean into the tensor broadcast to this center's workers."""
+    def post(self, mean: torch.Tensor, span: tuple[int, int] | None = None):
+        """Turn the cross-center mean (of ``params[span]`` when a span is given) into what
+        is broadcast to this center's workers."""
 
     @abc.abstractmethod
-    def rollback(self) -> torch.Tensor | None:
+    def rollback(self, span: tuple[int, int] | None = None):
         """What the workers load when a round is abandoned (``None``: nothing to undo)."""
 
     @abc.abstractmethod

@@ -37,12 +37,12 @@ class DilocoCenter(CenterStrategy):
     def init(self, params: torch.Tensor) -> None:
         self.params = params.detach().to(torch.float32).clone()
 
-    def post(self, mean: torch.Tensor) -> torch.Tensor:
+    def post(self, mean: torch.Tensor, span: tuple[int, int] | None = None) -> torch.Tensor:
         assert self.params is not None, "DilocoCenter.init was not called"
-        self.opt.step(self.params, mean)
-        return self.params.clone()
+        self.opt.step(self.params, mean, span)
+        return self.params.clone() if span is None else self.params[span[0] : span[1]].clone()
 
-    def rollback(self) -> torch.Tensor:
+    def rollback(self, span: tuple[int, int] | None = None) -> torch.Tensor:
         """The round's starting point: the inner steps of an abandoned round are undone."""
         assert self.params is not None
         return self.params.clone()

@@ -24,6 +24,9 @@ class SyncWorker(WorkerStrategy):
             return
         worker.step_with_gradient(result)
 
+    def agreement_tensor(self, worker) -> torch.Tensor:
+        return worker.params_vector()
+
 
 class SyncCenter(CenterStrategy):
     """Nothing to add: the mean gradient is what the workers need."""
@@ -34,10 +37,10 @@ class SyncCenter(CenterStrategy):
     def init(self, params: torch.Tensor) -> None:
         self.params = params
 
-    def post(self, mean: torch.Tensor) -> torch.Tensor:
+    def post(self, mean: torch.Tensor, span: tuple[int, int] | None = None) -> torch.Tensor:
         return mean
 
-    def rollback(self) -> None:
+    def rollback(self, span: tuple[int, int] | None = None) -> None:
         return None
 
     def state(self) -> dict[str, torch.Tensor]:

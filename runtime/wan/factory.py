@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from suanwang.runtime.config import JobConfig
-from suanwang.runtime.groups import build_groups
+from suanwang.runtime.groups import build_groups, fragment_bounds
 from suanwang.runtime.strategies import center_strategy
 from suanwang.runtime.wan.gateway import Gateway
 from suanwang.runtime.wan.linkfaults import LinkFault, LinkFaults
@@ -38,7 +38,7 @@ def build_gateway(
     identity = Identity(cfg.job.name, center, token, frozenset(peers))
     transport = GrpcTransport(identity, host=cfg.wan.host, chunk_bytes=cfg.wan.chunk_bytes, tls=tls)
     groups = build_groups(layout, cfg)
-    log.info("%s: %d payload groups: %s", center, len(groups), [(n, c.kind, s) for n, c, s in groups])
+    log.info("%s: %d payload groups: %s", center, len(groups), [(n, s) for n, _, s in groups])
     if link_faults:
         transport.faults = LinkFaults(center, link_faults)
     return Gateway(
@@ -47,6 +47,7 @@ def build_gateway(
         transport=transport,
         codec=cfg.codec.build(),
         groups=groups,
+        fragments=fragment_bounds(layout, cfg.strategy.fragments) if cfg.strategy.kind == "streaming" else None,
         strategy=center_strategy(cfg),
         numel=sum(n for n, _, _ in groups),
         job_id=cfg.job.name,

@@ -96,6 +96,7 @@ class ReduceReport:
     error: str | None
     seconds: float
     bytes_sent: dict[str, int]
+    fragment: int = 0
 
 
 def decode(enc: Encoded) -> torch.Tensor:
@@ -119,6 +120,9 @@ class Gateway:
         bandwidth: declared bandwidth between two centers (orders the ring).
         groups: ``[(numel, codec, shape or None), ...]`` splitting the contribution into
             consecutive tensor groups with their own codecs (default: one group with ``codec``).
+            ``codec`` may be a factory, called once per payload group.
+        fragments: streaming: round ``r`` carries only ``fragments[r % len(fragments)]``
+            (contiguous ranges at tensor boundaries); groups are cut at their edges.
     """
 
     def __init__(
@@ -135,18 +139,28 @@ class Gateway:
         schedule: str = "auto",
         bandwidth: Callable[[str, str], float] | None = None,
         groups: list[tuple[int, Codec, tuple[int, ...] | None]] | None = None,
+        fragments: list[tuple[int, int]] | None = None,
     ):
         if schedule not in ("auto", "gather", "ring"):
             raise ValueError(f"schedule {schedule!r}: expected auto, gather or ring")
         self.center = center
         self.peers = sorted(peers)
         self.transport = transport
+        self.fragments = fragments or [(0, numel)]
+        cuts = sorted({a for a, _ in self.fragments} | {b for _, b in self.fragments})
         self.groups: list[Group] = []
         start = 0
-        for i, (size, c, shape) in enumerate(groups or [(numel, codec, None)]):
+        for size, c, shape in groups or [(numel, codec, None)]:
             if shape is not None and math.prod(shape) != size:
-                raise ValueError(f"{center}: group {i} has shape {shape} but {size} elements")
-            self.groups.append(Group(f"g{i}", start, start + size, c, shape))
+                raise ValueError(f"{center}: group {len(self.groups)} has shape {shape} but {size} elements")
+            inner = [x for x in cuts if start < x < start + size]
+            if inner and shape is not None:
+                raise ValueError(f"{center}: a fragment boundary cuts the tensor of shape {shape}")
+            for a, b in zip([start, *inner], [*inner, start + size]):
+                # a group cut by fragments gets one payload group per piece; codec state
+                # is per piece, so each piece keeps its own error feedback
+                codec_piece = c() if callable(c) and not isinstance(c, Codec) else c
+                self.groups.append(Group(f"g{len(self.groups)}", a, b, codec_piece, shape))
             start += size
         if start != numel:
             raise ValueError(f"{center}: tensor groups cover {start} elements, the contribution has {numel}")
@@ -161,8 +175,8 @@ class Gateway:
         self._cond = threading.Condition()
         # round -> (sender, name) -> (decoded fp32 tensor, samples, encoded bytes as received)
         self._inbox: dict[int, dict[tuple[str, str], tuple[torch.Tensor, int, Encoded]]] = {}
-        # round -> (own contribution, indices of the groups reduced by the ring)
-        self._own: dict[int, tuple[torch.Tensor, list[int]]] = {}
+        # round -> (own contribution, names of the groups reduced by the ring)
+        self._own: dict[int, tuple[torch.Tensor, list[str]]] = {}
         self._mean: dict[int, torch.Tensor] = {}
         self.round_bytes: dict[int, dict[str, int]] = {}
         self.address: str | None = None
@@ -186,6 +200,14 @@ class Gateway:
 
     def close(self) -> None:
         self.transport.close()
+
+    def span_of(self, round: int) -> tuple[int, int]:
+        """The range of the flat parameters that ``round`` carries."""
+        return self.fragments[round % len(self.fragments)]
+
+    def groups_of(self, round: int) -> list[Group]:
+        a, b = self.span_of(round)
+        return [g for g in self.groups if a <= g.start and g.stop <= b]
 
     def schedule_for(self, group: Group, centers: int) -> str:
         """``ring`` (when configured, or on auto with 3+ centers) for groups whose codec can
@@ -310,11 +332,13 @@ class Gateway:
         if round != self.round:
             raise RuntimeError(f"{self.center}: contribute for round {round}, gateway is at {self.round}")
         own = tensor.detach().to(torch.float32).reshape(-1).cpu()
-        if own.numel() != self.numel:
-            raise ValueError(f"{self.center}: contribution has {own.numel()} elements, expected {self.numel}")
+        a, b = self.span_of(round)
+        if own.numel() != b - a:
+            raise ValueError(f"{self.center}: round {round} contribution has {own.numel()} elements, expected {b - a}")
         peers = [p for p in self.peers if live is None or p in live]
-        ring = [i for i, g in enumerate(self.groups) if self.schedule_for(g, len(peers) + 1) == "ring"]
-        gather = [g for i, g in enumerate(self.groups) if i not in ring]
+        active = self.groups_of(round)
+        ring = [g.name for g in active if self.schedule_for(g, len(peers) + 1) == "ring"]
+        gather = [g for g in active if g.name not in ring]
         if ring:
             self._own[round] = (own, ring)
         encode_s, sent = 0.0, {}
@@ -322,7 +346,7 @@ class Gateway:
         batch = []
         for g in gather:
             t0 = time.perf_counter()
-            x = own[g.start : g.stop]
+            x = own[g.start - a : g.stop - a]
             enc = g.codec.encode(x.view(g.shape) if g.shape else x, g.state)
             # Keep what the peers will decode, so every center reduces the same values.
             with self._cond:
@@ -352,23 +376,28 @@ class Gateway:
         t0 = time.perf_counter()
         try:
             own, ring = self._own.pop(round, (None, []))
-            mean = torch.empty(self.numel, dtype=torch.float32)
+            a, b = self.span_of(round)
+            mean = torch.empty(b - a, dtype=torch.float32)
             if ring:
                 from suanwang.runtime.wan.ring import ring_allreduce
 
                 order = ring_order(participants, self.bandwidth)
                 weight = samples[self.center] / sum(samples[p] for p in participants)
-            for i, g in enumerate(self.groups):
-                if i in ring:
-                    mean[g.start : g.stop] = ring_allreduce(self, round, order, g, own[g.start : g.stop] * weight, deadline)
+            for g in self.groups_of(round):
+                lo, hi = g.start - a, g.stop - a
+                if g.name in ring:
+                    mean[lo:hi] = ring_allreduce(self, round, order, g, own[lo:hi] * weight, deadline)
                 else:
-                    mean[g.start : g.stop] = self._gathered_mean(round, g.name, participants)
+                    mean[lo:hi] = self._gathered_mean(round, g.name, participants)
             self._mean[round] = mean
             ok, error = True, None
         except (ReduceError, PayloadError, KeyError) as err:
             ok, error = False, f"{type(err).__name__}: {err}"
             log.warning("%s: round %d: reduce failed: %s", self.center, round, error)
-        return ReduceReport(self.center, round, ok, error, time.perf_counter() - t0, dict(self.round_bytes.get(round, {})))
+        return ReduceReport(
+            self.center, round, ok, error, time.perf_counter() - t0, dict(self.round_bytes.get(round, {})),
+            round % len(self.fragments),
+        )
 
     def _gathered_mean(self, round: int, name: str, participants: list[str]) -> torch.Tensor:
         with self._cond:
@@ -392,13 +421,13 @@ class Gateway:
         center's workers load."""
         mean = self._mean.pop(round)
         self._close_round(round)
-        return self.strategy.post(mean)
+        return self.strategy.post(mean, self.span_of(round))
 
     def abort(self, round: int) -> torch.Tensor | None:
         """Phase 3 when some participant failed to reduce: nothing is applied; returns what
         the workers load to undo the round (``None``: nothing to undo)."""
         self._close_round(round)
-        return self.strategy.rollback()
+        return self.strategy.rollback(self.span_of(round))
 
     def skip(self, round: int) -> None:
         """This center missed ``round``: drop what it holds for it and move on."""

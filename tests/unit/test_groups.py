@@ -41,5 +41,22 @@ def test_powersgd_gets_one_payload_per_large_matrix_and_merges_small_tensors():
         GroupPlan(0, 500, None, dense=True),  # a vector has no matrix structure to exploit
     ]
     built = build_groups(layout, c)
-    assert [(n, codec.name if hasattr(codec, "name") else type(codec).__name__, s) for n, codec, s in built][0][2] == (20, 10)
+    assert built[0][2] == (20, 10) and built[0][1]().kind != built[1][1]().kind  # powersgd, then dense
     assert sum(n for n, _, _ in built) == 200 + 20 + 20 + 300 + 500
+
+
+def test_fragments_cut_at_tensor_boundaries_and_cover_everything():
+    from suanwang.runtime.groups import fragment_bounds
+
+    layout = [(0, f"p{i}", (n,)) for i, n in enumerate([10, 10, 10, 10, 40, 5, 5, 10])]
+    for f in (1, 2, 3, 4, 8):
+        b = fragment_bounds(layout, f)
+        assert len(b) == f and b[0][0] == 0 and b[-1][1] == 100
+        assert all(x[1] == y[0] for x, y in zip(b, b[1:]))
+        ends = {0, 10, 20, 30, 40, 80, 85, 90, 100}
+        assert all(a in ends and c in ends and a < c for a, c in b), b
+    assert fragment_bounds(layout, 2) == [(0, 40), (40, 100)]
+    import pytest
+
+    with pytest.raises(ValueError, match="9 fragments but only 8"):
+        fragment_bounds(layout, 9)
