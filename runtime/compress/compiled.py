@@ -6,7 +6,8 @@ on 2 shared cores at 64M float32 against the chunked eager ops (benchmarks/codec
 int8 encode ~1.4x and decode ~1.6x faster, int4 encode ~1.8x, sign encode with error
 feedback ~1.6x. Kernels that did not win are not here: int4 and sign decode (a lookup
 table with eager ``index_select`` is faster) and the topk candidate pass (inductor writes
-bool masks slowly).
+bool masks slowly; packing the flags eight to a byte and expanding them afterwards came
+out even with the chunked eager pass, so topk stays eager).
 
 Kernels here are plain torch functions of whole tensors; :func:`run` calls the compiled
 version and returns False when the caller should use its eager path instead: tensors
