@@ -86,8 +86,8 @@ class GatewayActor:
 
         self.g = build_gateway(center, cfg, layout, token, link_faults)
 
-    def start(self) -> str:
-        return self.g.start()
+    def start(self, listen: str | None = None) -> str:
+        return self.g.start(listen)
 
     def connect(self, addresses: dict[str, str]) -> dict[str, float]:
         return self.g.connect(addresses)

@@ -51,6 +51,9 @@ class Job:
             WAN faults (:class:`~suanwang.runtime.wan.linkfaults.LinkFault`).
         ray_address: join this Ray cluster instead of starting a local one.
         resume: continue from the newest checkpoint in ``checkpoint.dir`` if there is one.
+        routes: where gateways listen and whom they dial (``listen(center)``,
+            ``dial(src, dst)``), e.g. :class:`~suanwang.runtime.wan.bridge.BridgedRoutes`
+            to cross the WAN emulator; default: loopback TCP.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class Job:
         faults: tuple[Fault | LinkFault, ...] = (),
         ray_address: str | None = None,
         resume: bool = False,
+        routes=None,
     ):
         for c in config.centers:
             if c.ray != "embedded":
@@ -73,6 +77,7 @@ class Job:
         self.link_faults = tuple(f for f in faults if isinstance(f, LinkFault))
         self.ray_address = ray_address
         self.resume = resume
+        self.routes = routes
         self.token = config.wan.token or secrets.token_urlsafe(24)
         self._pgs: list = []
         self._actors: list = []
@@ -137,8 +142,20 @@ class Job:
             h._group = [w.init_group.remote(host, port) for w in h.workers]
         ray.get([r for h in handles for r in h._group], timeout=_START_TIMEOUT_S)
         # gateways: listen, then connect to each other
-        addrs = dict(zip([h.name for h in handles], ray.get([h.gateway.start.remote() for h in handles])))
-        ray.get([h.gateway.connect.remote(addrs) for h in handles], timeout=_START_TIMEOUT_S)
+        r = self.routes
+        addrs = dict(
+            zip(
+                [h.name for h in handles],
+                ray.get([h.gateway.start.remote(r.listen(h.name) if r else None) for h in handles]),
+            )
+        )
+        ray.get(
+            [
+                h.gateway.connect.remote({p: (r.dial(h.name, p) if r else a) for p, a in addrs.items() if p != h.name})
+                for h in handles
+            ],
+            timeout=_START_TIMEOUT_S,
+        )
         # one center probes at a time, so the probes do not compete with each other
         for h in handles:
             ray.get(h.gateway.measure_links.remote(), timeout=_START_TIMEOUT_S)

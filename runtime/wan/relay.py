@@ -139,7 +139,10 @@ class _Pipe:
             if data is None:
                 self.eof_written = True
                 if dst.can_write_eof():
-                    dst.write_eof()
+                    try:
+                        dst.write_eof()
+                    except OSError:  # the far side is already gone: nothing left to half-close
+                        pass
                 self.conn.maybe_close()
                 return
             self.held -= len(data)

@@ -243,18 +243,19 @@ class GrpcTransport:
         )
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, inbound: Inbound) -> str:
-        """Start serving; returns ``host:port``."""
+    def start(self, inbound: Inbound, listen: str | None = None) -> str:
+        """Start serving on ``listen`` (a gRPC bind target such as ``unix:/path``; default
+        ``host:port``); returns the address peers dial."""
         self.inbound = inbound
         self._thread.start()
-        return self._run(self._start())
+        return self._run(self._start(listen))
 
-    async def _start(self) -> str:
+    async def _start(self, listen: str | None) -> str:
         self._server = grpc.aio.server(options=server_options(self.chunk_bytes))
         wan_pb2_grpc.add_GatewayServicer_to_server(_Servicer(self), self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        bind = f"{self.host}:{self.port}"
+        bind = listen or f"{self.host}:{self.port}"
         if self.tls is not None:
             port = self._server.add_secure_port(bind, self.tls.server_credentials())
         else:
@@ -264,7 +265,7 @@ class GrpcTransport:
         await self._server.start()
         self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self.address = f"{self.host}:{port}"
+        self.address = bind if bind.startswith("unix:") else f"{self.host}:{port}"
         return self.address
 
     def connect(self, peers: dict[str, str], timeout: float = 30.0) -> dict[str, float]:
