@@ -1,8 +1,10 @@
 """The topk codec: the ``ratio`` largest-magnitude elements, as (index, value) pairs.
 
-Selection never sorts the whole tensor: a threshold is estimated from a random sample of
-magnitudes (aiming a little above ``k``), one streaming pass keeps the elements above it,
-and an exact top-k over those few candidates trims them to ``k``.
+Selection never sorts (or runs torch.topk on) the whole tensor: a threshold is estimated
+from a random sample of magnitudes (aiming a little above ``k``), one streaming pass keeps
+the elements above it, and the smallest few candidates are dropped to leave exactly ``k``.
+Small tensors, and the rare tensor whose sample misleads (many ties), get an exact
+selection through the k-th largest magnitude instead.
 
 Indices are coded per 65536-element block: a count per block and, per element, its offset
 in the block as a 16-bit integer (biased by -32768). Values are float32, float16, or int8
@@ -33,11 +35,16 @@ VALUE_FORMATS = ("fp32", "fp16", "int8")
 IDX_BLOCK = 1 << 16
 VBLOCK = 256
 SAMPLE = 1 << 16
-# Below this many elements, an exact torch.topk is cheaper than sampling.
+# Below this many elements, exact selection (kthvalue) is cheaper than sampling.
 EXACT_BELOW = 1 << 18
 FP16_MAX = 65504.0
 SMALLEST = 1.401298464324817e-45
 """The smallest positive (subnormal) float32."""
+
+
+@host_side
+def _kthvalue(t: torch.Tensor, k: int) -> float:
+    return float(torch.kthvalue(t, k).values)
 
 
 def nonzero(mask: torch.Tensor, limit: int) -> torch.Tensor | None:
@@ -134,9 +141,9 @@ class TopKCodec(BaseCodec):
         """Sorted indices of the ``k`` largest |x + r| (fewer only if fewer are nonzero) and
         their values. With error feedback, ``r`` becomes x + r."""
         n, dev = x.numel(), x.device
-        if n < EXACT_BELOW or 4 * k >= n:
+        if n < EXACT_BELOW:
             acc = r.add_(x) if r is not None else self._f32("x", x)
-            idx = self._exact(acc, k)
+            idx = self._exact(acc, k, backend)
             return idx, acc[idx]
         # |a| >= the smallest subnormal selects exactly the nonzeros.
         thr = max(self._threshold(self._sample(x, r, step)), SMALLEST)
@@ -144,7 +151,7 @@ class TopKCodec(BaseCodec):
         if found is None or (found[0].numel() < k and thr > SMALLEST):
             # The sample misjudged the threshold (rare; ties or a strange distribution).
             acc = r if r is not None else x.to(F32)
-            idx = self._exact(acc, k)
+            idx = self._exact(acc, k, backend)
             return idx, acc[idx]
         idx, vals = found
         if idx.numel() > k:
@@ -200,11 +207,51 @@ class TopKCodec(BaseCodec):
         m = min(sample.numel(), max(1, math.ceil(frac * sample.numel())))
         return float(torch.kthvalue(sample, sample.numel() - m + 1).values)
 
-    @staticmethod
-    def _exact(acc: torch.Tensor, k: int) -> torch.Tensor:
-        if k >= acc.numel():
-            return torch.arange(acc.numel(), device=acc.device)
-        return torch.topk(acc.abs(), k, sorted=False).indices.sort().values
+    def _exact(self, acc: torch.Tensor, k: int, backend: Backend) -> torch.Tensor:
+        """Sorted indices of the ``k`` largest |acc|, ties broken by position.
+
+        No sort or top-k of the whole tensor: find the k-th largest magnitude ``t``, then
+        take everything above ``t`` and the first elements equal to it.
+        """
+        n, dev = acc.numel(), acc.device
+        if k >= n:
+            return torch.arange(n, device=dev)
+        if k == 0:
+            return torch.zeros(0, dtype=torch.int64, device=dev)
+        t = self._kth_magnitude(acc, k, backend)
+        step = backend.chunk_elems
+        above = [torch.nonzero(acc[lo:hi].abs() > t).view(-1) + lo for lo, hi in chunks(n, step)]
+        need = k - sum(a.numel() for a in above)
+        ties = []
+        for lo, hi in chunks(n, step):
+            if need <= 0:
+                break
+            eq = torch.nonzero(acc[lo:hi].abs() == t).view(-1)[:need] + lo
+            ties.append(eq)
+            need -= eq.numel()
+        return torch.cat(above + ties).sort().values
+
+    def _kth_magnitude(self, acc: torch.Tensor, k: int, backend: Backend) -> float:
+        """The k-th largest |acc|: by selection (kthvalue) on small tensors; on large ones,
+        by bisection over the float's bit pattern (monotonic for non-negative floats), one
+        counting pass per step. Used only when sampling failed, so slow is fine."""
+        n = acc.numel()
+        if n < EXACT_BELOW:
+            return _kthvalue(acc.abs().cpu(), n - k + 1)
+
+        def count_at_least(bits: int) -> int:
+            t = torch.tensor(bits, dtype=torch.int32).view(F32).item()
+            return sum(int((acc[lo:hi].abs() >= t).sum()) for lo, hi in chunks(n, backend.chunk_elems))
+
+        lo, hi = 0, int(torch.tensor(float(acc.abs().max())).view(torch.int32))
+        # invariant: count(>= lo) >= k; answer in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if count_at_least(mid) >= k:
+                lo = mid
+            else:
+                hi = mid - 1
+        return torch.tensor(lo, dtype=torch.int32).view(F32).item()
 
     @host_side
     def _put_values(self, vals: torch.Tensor, v: dict[str, torch.Tensor]) -> torch.Tensor | None:
