@@ -113,6 +113,10 @@ class Assembler:
         self.buf: torch.Tensor | None = None
         self.next_index = 0
         self.received = 0
+        # Raw fp32 payloads (codec none) are checked for NaN/Inf chunk by chunk as they
+        # arrive, overlapping the check with the transfer; stays True only if every chunk
+        # was checked whole.
+        self.finite_checked = False
 
     def _fail(self, reason: str) -> PayloadError:
         h = self.header
@@ -153,6 +157,9 @@ class Assembler:
             self.header = chunk.header
             self.buf = torch.empty(self.header.total_bytes, dtype=torch.uint8)
             self._view = self.buf.numpy()
+            self.finite_checked = (
+                self.header.codec == wan_pb2.CODEC_NONE and self.header.dtype == wan_pb2.DTYPE_FLOAT32
+            )
         elif chunk.HasField("header"):
             raise self._fail(f"chunk {chunk.index} repeats the header")
         h = self.header
@@ -169,6 +176,14 @@ class Assembler:
             raise self._fail(f"chunk {chunk.index} fails its CRC-32 check")
         if n:
             self._view[self.received : self.received + n] = np.frombuffer(chunk.data, np.uint8)
+            if self.finite_checked:
+                if n % 4 or self.received % 4:
+                    self.finite_checked = False
+                else:
+                    # float64 sum of float32 values is finite exactly when all values are
+                    values = self._view[self.received : self.received + n].view(np.float32)
+                    if not np.isfinite(values.sum(dtype=np.float64)):
+                        raise self._fail(f"chunk {chunk.index} holds non-finite values")
         self.received += n
         self.next_index += 1
 

@@ -53,8 +53,9 @@ class Inbound(Protocol):
 
     def expectation(self, sender: str) -> Expectation: ...
 
-    def deliver(self, sender: str, header: wan_pb2.PayloadHeader, enc: Encoded) -> None:
-        """Accept a complete payload; raise PayloadError to reject it."""
+    def deliver(self, sender: str, header: wan_pb2.PayloadHeader, enc: Encoded, prechecked: bool = False) -> None:
+        """Accept a complete payload; raise PayloadError to reject it. ``prechecked``: a raw
+        fp32 payload whose values were all checked finite on arrival."""
 
     def state_payloads(self) -> list[tuple[Meta, Encoded]]:
         """This center's committed state, for a peer that rejoins."""
@@ -160,7 +161,7 @@ class _Servicer(wan_pb2_grpc.GatewayServicer):
                 asm.feed(chunk)
             header, enc = asm.finish()
             # Decoding a large payload must not stall the loop that serves other peers.
-            await asyncio.to_thread(inbound.deliver, sender, header, enc)
+            await asyncio.to_thread(inbound.deliver, sender, header, enc, asm.finite_checked)
         except PayloadError as err:
             msg = f"{self.t.identity.center}: rejected payload: {err}"
             log.warning(msg)
