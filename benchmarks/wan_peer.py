@@ -79,11 +79,11 @@ class TimedGateway(Gateway):
         self.timing[sender] = {"opened": time.monotonic()}
         return super().expectation(sender)
 
-    def deliver(self, sender: str, header, enc) -> None:
+    def deliver(self, sender: str, header, enc, prechecked: bool = False) -> None:
         t = self.timing.setdefault(sender, {})
         t["received"] = time.monotonic()
         try:
-            super().deliver(sender, header, enc)
+            super().deliver(sender, header, enc, prechecked)
         finally:
             t["validated"] = time.monotonic()
 
