@@ -232,7 +232,9 @@ class Coordinator:
             tot.compute_s += st.compute_s
             tot.wait_s += rep.encode_s + rep.wait_s + (red.seconds if red is not None else 0.0)
             per_center[name] = {"steps": tot.steps, "loss": st.loss, "wan_bytes_sent": tot.wan_bytes_sent}
+        t_eval = time.perf_counter()
         eval_loss = ray.get(self._eval_ref) if self._eval_ref is not None else None
+        eval_s = time.perf_counter() - t_eval
         rec = RoundRecord(
             round=r,
             time_s=time.perf_counter() - self.t0,
@@ -245,6 +247,7 @@ class Coordinator:
             centers=per_center,
             abandoned=self.abandoned,
             fragment=next((rep.fragment for rep in reduced.values() if rep is not None), 0),
+            eval_s=eval_s,
         )
         self.history.append(rec)
         self.on_round(rec)

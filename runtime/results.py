@@ -39,6 +39,8 @@ class RoundRecord:
     abandoned: bool = False
     # streaming: which fragment of the model this round synchronised
     fragment: int = 0
+    # time the coordinator waited for this round's evaluation (benchmarks subtract it)
+    eval_s: float = 0.0
 
 
 @dataclasses.dataclass
