@@ -125,14 +125,16 @@ def _plot(runs: dict[str, dict[str, Any]], target: float, path: pathlib.Path) ->
     except ImportError:
         return "matplotlib is not installed (pip install 'suanwang[plot]'): no plot"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = {base: f"C{i}" for i, base in enumerate(["ddp", "ddp_powersgd", "sync", "diloco", "streaming"])}
     for name, r in runs.items():
         xs = [h["train_s"] for h in r["history"]]
-        bs = [max(h["wan_bytes"], 1) / 1e6 for h in r["history"]]
         ys = [h["eval_loss"] for h in r["history"]]
-        style = "--" if name.endswith("_unshaped") else "-"
-        ax1.plot(xs, ys, style, label=name)
-        if not name.endswith("_unshaped"):
-            ax2.plot(bs, ys, style, label=name)
+        unshaped = name.endswith("_unshaped")
+        color = colors.get(name.removesuffix("_unshaped"), "k")
+        ax1.plot(xs, ys, "--" if unshaped else "-", color=color, label=name)
+        pts = [(h["wan_bytes"] / 1e6, h["eval_loss"]) for h in r["history"] if h["wan_bytes"] > 0]
+        if pts and not unshaped:
+            ax2.plot(*zip(*pts), "-", color=color, label=name)
     for ax in (ax1, ax2):
         ax.axhline(target, color="grey", lw=0.8, ls=":")
         ax.set_ylabel("held-out loss")
