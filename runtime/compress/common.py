@@ -171,8 +171,13 @@ class BaseCodec(Codec):
         if x.numel() == 0:
             return x
         # A sum is finite iff no term is NaN/Inf, barring overflow, which the exact count
-        # below then clears.
-        total = x.sum(dtype=torch.float64 if x.dtype == torch.float64 else F32)
+        # below then clears. (Narrow dtypes are summed in float32 a chunk at a time, so that
+        # no full-size float32 copy is made.)
+        if x.dtype in (F32, torch.float64):
+            total = x.sum()
+        else:
+            step = backend_for(x.device).chunk_elems
+            total = sum(x[lo:hi].sum(dtype=F32) for lo, hi in chunks(x.numel(), step))
         if bool(torch.isfinite(total)):
             return x
         finite = torch.isfinite(x)
