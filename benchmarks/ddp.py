@@ -30,9 +30,11 @@ What is measured (all on rank 0's clock unless said):
   so they include TCP/IP and Ethernet headers and the ACKs flowing back. ``wan_bytes``
   counts from the step-0 eval point (after gloo connected and DDP broadcast the initial
   parameters, which ``wan_bytes_setup`` counts) to the last one.
-* ``utilization``: per worker, the mean time of a compute-only step (the same model, data
-  and optimizer, no communication, all ranks at once, measured before training) over its
-  mean training step time; the reported figure is the mean over workers (see the worker).
+* ``utilization``: the time a step takes when communication is free, over the time a
+  training step took (``train_s / steps``). The first is measured before training: every
+  rank runs 20 steps of the same model, data and optimizer with no communication, all at
+  once (sharing the CPUs as in training), barrier to barrier (see the worker). Per worker,
+  ``workers`` also lists its own compute-only and training step means.
 
 Run ``python -m suanwang.benchmarks.ddp [--shaped] [--steps N] [--powersgd-rank R]
 [--json PATH]``.
@@ -57,7 +59,7 @@ from suanwang.benchmarks.ddp_worker import MODULE as WORKER_MODULE
 from suanwang.models.clip import ClipConfig
 from suanwang.runtime.wan.emulator import WanEmulator
 
-__all__ = ["DdpError", "run_ddp", "main"]
+__all__ = ["DdpError", "main", "ring_bytes_per_step", "run_ddp", "wan_counters", "wan_interfaces"]
 
 NOTE_SHAPED = ("ddp baselines pay the link rate but not the RTT; this favours DDP "
                "(gloo dials peers directly, bypassing the emulator's delaying relay)")
@@ -140,7 +142,7 @@ def _next_message(workers: Sequence[_Worker], deadline: float) -> tuple[_Worker,
 
 
 # ---------------------------------------------------------------------- WAN counters
-def _wan_interfaces(emu: WanEmulator, names: Sequence[str]) -> dict[str, dict[str, str]]:
+def wan_interfaces(emu: WanEmulator, names: Sequence[str]) -> dict[str, dict[str, str]]:
     """Per center, its veths that join it to another of ``names``: ``{ifname: peer center}``."""
     owner = {emu.address(c): c for c in names}
     out: dict[str, dict[str, str]] = {}
@@ -157,7 +159,7 @@ def _wan_interfaces(emu: WanEmulator, names: Sequence[str]) -> dict[str, dict[st
     return out
 
 
-def _wan_counters(emu: WanEmulator, ifaces: dict[str, dict[str, str]]) -> dict[str, int]:
+def wan_counters(emu: WanEmulator, ifaces: dict[str, dict[str, str]]) -> dict[str, int]:
     """``tx_bytes`` of each WAN veth, keyed ``src->dst``."""
     out = {}
     for c, devs in ifaces.items():
@@ -168,6 +170,10 @@ def _wan_counters(emu: WanEmulator, ifaces: dict[str, dict[str, str]]) -> dict[s
             if dev["ifname"] in devs:
                 out[f"{c}->{devs[dev['ifname']]}"] = int(dev["stats64"]["tx"]["bytes"])
     return out
+
+
+# Earlier names, imported by benchmarks/e2e.py.
+_wan_interfaces, _wan_counters = wan_interfaces, wan_counters
 
 
 # ---------------------------------------------------------------------- the run
@@ -222,7 +228,8 @@ def run_ddp(
         ``wall_s`` (rank 0, first step to the end, eval pauses included), ``train_s``,
         ``startup_s``, ``initial_eval_loss``, ``final_eval_loss``, ``wan_bytes``,
         ``wan_bytes_per_link``, ``wan_bytes_setup``, ``wan_bytes_per_step``, ``samples``,
-        ``utilization``, ``workers`` (per rank: compute_s, step_s, utilization),
+        ``utilization`` (``compute_step_s``, a compute-only step of all ranks at once, over
+        the mean training step), ``workers`` (per rank: compute_s, step_s, utilization),
         ``time_to_target_s``, ``wan_bytes_to_target``, ``steps_to_target`` (None if not
         reached or no target), ``peak_wan_mbit`` (largest rate between two samples, over
         training time, all links together), ``peak_link_mbit`` (the same for the busiest
@@ -240,13 +247,13 @@ def run_ddp(
     world = sum(n for _, n in centers)
     deadline = time.monotonic() + timeout_s
     if emu is not None and len(names) > 1:
-        ifaces = _wan_interfaces(emu, names)
+        ifaces = wan_interfaces(emu, names)
         store_host = emu.address(names[0])
         ifname = {c: sorted(devs)[0] for c, devs in ifaces.items()}
     else:  # no WAN: one center alone has only its loopback
         ifaces = {}
         store_host, ifname = "127.0.0.1", {c: "lo" for c in names}
-    counters = (lambda: _wan_counters(emu, ifaces)) if ifaces else (lambda: {})
+    counters = (lambda: wan_counters(emu, ifaces)) if ifaces else (lambda: {})
 
     workers: list[_Worker] = []
     t_spawn = t_train0 = time.monotonic()
@@ -364,7 +371,8 @@ def _summarise(centers, steps, emu, powersgd_rank, seed, eval_every, target_loss
         "wan_bytes_per_step": last["wan_bytes"] / steps,
         "steady_wan_bytes_per_step": steady,
         "samples": last["samples"],
-        "utilization": sum(w["utilization"] for w in workers) / len(workers),
+        "utilization": rank0["group_compute_s"] / (last["train_s"] / steps),
+        "compute_step_s": rank0["group_compute_s"],
         "workers": workers,
         "target_loss": target_loss,
         "time_to_target_s": reached["train_s"] if reached else None,
