@@ -143,8 +143,7 @@ class PowerSGDCodec(BaseCodec):
             m = self._ws.get("m", size, F32, dev)
             m[:n].copy_(x)
         else:
-            for lo, hi in chunks(n, backend.chunk_elems):
-                m[lo:hi].add_(x[lo:hi])
+            m[:n].add_(x)
         m[n:].zero_()
         mat = m.view(rows, cols)
         qt = self._warm_q(state, rank, cols, dev)
@@ -191,8 +190,13 @@ class PowerSGDCodec(BaseCodec):
         if rows and cols and float(pt.norm(dim=0).max()) * float(qt.norm(dim=0).max()) > max_value(dst.dtype):
             raise PayloadError("codec powersgd: factors so large that P Q^T would overflow")
         full = (numel // cols) * cols
+        if dst.dtype == F32:
+            torch.mm(pt[:, : full // cols].t(), qt, out=dst[:full].view(-1, cols))
+            full_eager = 0
+        else:  # through a float32 scratch, a slice at a time
+            full_eager = full
         step = max(1, backend.chunk_elems // cols) * cols
-        for lo, hi in chunks(full, step):
+        for lo, hi in chunks(full_eager, step):
             d = dst[lo:hi] if dst.dtype == F32 else self._ws.get("deq", hi - lo, F32, dst.device)
             torch.mm(pt[:, lo // cols : hi // cols].t(), qt, out=d.view(-1, cols))
             if d.data_ptr() != dst[lo:hi].data_ptr():
