@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("SUANWANG_LOG_LEVEL", "WARNING"))
     import ray
 
-    from suanwang.benchmarks.ddp import _wan_counters, _wan_interfaces, run_ddp
+    from suanwang.benchmarks.ddp import run_ddp, wan_counters, wan_interfaces
     from suanwang.runtime.wan.bridge import BridgedRoutes
     from suanwang.runtime.wan.emulator import WanEmulator, emulator_available
 
@@ -190,10 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                     "rate_mbit": RATE_MBIT, "rtt_ms": RTT_MS,
                     "measured_rate_mbit": m["rate_mbit"], "measured_rtt_ms": m["rtt_ms"],
                 }
-                ifaces = _wan_interfaces(emu, names)
+                ifaces = wan_interfaces(emu, names)
 
                 def counters() -> int:
-                    return sum(_wan_counters(emu, ifaces).values())
+                    return sum(wan_counters(emu, ifaces).values())
 
                 for name in shaped:
                     t0 = time.time()
