@@ -7,13 +7,13 @@ differs per device is small and lives in :class:`Backend`:
   buffers reused from chunk to chunk. On CPU a chunk (4 MiB of fp32) stays in cache between
   the ops of one chunk, which makes a sequence of eager ops nearly as cheap as one fused
   kernel; on accelerators big chunks only bound the scratch memory.
-* ``bitpack``: how eight sign bits become one byte. ``"mul64"`` multiplies eight 0/1 bytes
-  read as one int64 by a magic constant (relies on wrapping int64 multiply, which CPU and
-  CUDA have); ``"adds"`` sums eight strided uint8 slices, which every device supports.
-* ``signbits``: how sign bits are taken: ``"bytes"`` shifts the top byte of each
-  little-endian float32 (the IEEE sign bit, so -0.0 counts as negative), ``"compare"``
-  computes ``x < 0`` (so -0.0 counts as positive: only -0.0 itself may then decode
-  differently across devices).
+* ``bittricks``: whether kernels may treat float32 bits as integers (little-endian
+  layout, wrapping int64 multiply, integer shifts), as CPU and CUDA allow: eight 0/1 bytes
+  read as one int64 and multiplied by a magic constant pack into one byte; a float's sign
+  bit is its top byte shifted; |x| >= t is an integer comparison of the bits. Without,
+  the same results come from comparisons and strided additions that any device runs.
+  The one visible difference: sign takes -0.0 as negative with bit tricks (the IEEE sign
+  bit) and as positive without (``x < 0``).
 * ``compile``: run the torch.compile'd kernels of :mod:`.compiled` on large tensors (CPU
   only for now: on CUDA they would need triton and have not been measured).
 * ``ops``: for NPU, the set of aten ops the kernels may run on the device (torch_npu
@@ -64,18 +64,17 @@ class Backend:
 
     name: str
     chunk_elems: int
-    bitpack: str
-    signbits: str
+    bittricks: bool
     compile: bool = False
     ops: frozenset[str] | None = None
 
 
 BACKENDS: dict[str, Backend] = {
-    "cpu": Backend("cpu", chunk_elems=1 << 20, bitpack="mul64", signbits="bytes", compile=True),
-    "cuda": Backend("cuda", chunk_elems=1 << 24, bitpack="mul64", signbits="bytes"),
-    "npu": Backend("npu", chunk_elems=1 << 24, bitpack="adds", signbits="compare", ops=NPU_OPS),
+    "cpu": Backend("cpu", chunk_elems=1 << 20, bittricks=True, compile=True),
+    "cuda": Backend("cuda", chunk_elems=1 << 24, bittricks=True),
+    "npu": Backend("npu", chunk_elems=1 << 24, bittricks=False, ops=NPU_OPS),
 }
-GENERIC = Backend("generic", chunk_elems=1 << 22, bitpack="adds", signbits="compare")
+GENERIC = Backend("generic", chunk_elems=1 << 22, bittricks=False)
 """Any other device: only portable ops."""
 
 

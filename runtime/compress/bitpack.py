@@ -20,16 +20,16 @@ def _mul64_works() -> bool:
     return bool(torch.equal(got, torch.arange(256).to(torch.uint8)))
 
 
-def pack(bits: torch.Tensor, out: torch.Tensor, how: str, scratch: torch.Tensor) -> None:
+def pack(bits: torch.Tensor, out: torch.Tensor, bittricks: bool, scratch: torch.Tensor) -> None:
     """Pack ``bits`` (bool or uint8 0/1, length a multiple of 8) into ``out`` (uint8).
 
     Args:
-        how: ``"mul64"`` (eight bytes as one int64 times a magic constant; needs wrapping
-            int64 multiply) or ``"adds"`` (eight strided additions; any device).
-        scratch: an int64 tensor of ``len(out)`` elements for ``"mul64"``.
+        bittricks: read eight bytes as one int64 and multiply by a magic constant (needs a
+            wrapping int64 multiply; checked once); else eight strided additions.
+        scratch: an int64 tensor of ``len(out)`` elements, for the int64 way.
     """
     u8 = bits.view(torch.uint8)
-    if how == "mul64" and _mul64_works():
+    if bittricks and _mul64_works():
         torch.mul(u8.view(torch.int64), _MAGIC, out=scratch)
         scratch.bitwise_right_shift_(56)
         out.copy_(scratch)

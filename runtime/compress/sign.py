@@ -5,7 +5,7 @@ every element; it decodes to ``+s`` or ``-s``. Biased on its own, so it is meant
 with error feedback (a state), which carries what each round did not send into the next.
 
 Wire layout: ``scales: float32[ceil(n / block)]``, ``bits: uint8[ceil(n / 8)]`` (bit set =
-negative, see ``Backend.signbits``; element ``8i + j`` is bit ``j`` of byte ``i``). Params: ``block``.
+negative, see ``Backend.bittricks``; element ``8i + j`` is bit ``j`` of byte ``i``). Params: ``block``.
 """
 
 from __future__ import annotations
@@ -126,17 +126,17 @@ class SignCodec(BaseCodec):
         scales.mul_(1.0 / count)
         neg = self._ws.get("neg", nb * B, torch.uint8, dev)
         s = scales.unsqueeze(1)
-        if backend.signbits == "bytes":
+        if backend.bittricks:
             # The top byte of a little-endian float32 starts with its sign bit.
             torch.bitwise_right_shift(acc.view(torch.uint8).view(-1, 4)[:, 3], 7, out=neg)
-            bitpack.pack(neg, bits, backend.bitpack, self._ws.get("pack64", nb * B // 8, torch.int64, dev))
+            bitpack.pack(neg, bits, True, self._ws.get("pack64", nb * B // 8, torch.int64, dev))
             if r is not None:
                 torch.copysign(s.expand(nb, B), acc.view(nb, B), out=t.view(nb, B))
                 torch.sub(acc, t, out=r)
             return
         isneg = neg.view(torch.bool)
         torch.lt(acc, 0.0, out=isneg)
-        bitpack.pack(isneg, bits, backend.bitpack, self._ws.get("pack64", nb * B // 8, torch.int64, dev))
+        bitpack.pack(isneg, bits, False, self._ws.get("pack64", nb * B // 8, torch.int64, dev))
         if r is not None:
             torch.where(isneg.view(nb, B), -s, s, out=t.view(nb, B))
             torch.sub(acc, t, out=r)

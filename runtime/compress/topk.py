@@ -48,7 +48,8 @@ def _kthvalue(t: torch.Tensor, k: int) -> float:
 
 
 def nonzero(mask: torch.Tensor, limit: int) -> torch.Tensor | None:
-    """Indices of the set elements of the 1-D bool ``mask`` (None: more than ``limit``).
+    """Indices of the nonzero elements of the 1-D bool or uint8 ``mask`` (None: more than
+    ``limit``).
 
     Looks at eight flags at a time first (as one int64), which makes a sparse mask several
     times cheaper to scan than ``torch.nonzero`` alone. ``mask`` must start 8-byte aligned.
@@ -146,11 +147,18 @@ class TopKCodec(BaseCodec):
             idx = self._exact(acc, k, backend)
             return idx, acc[idx]
         # |a| >= the smallest subnormal selects exactly the nonzeros.
-        thr = max(self._threshold(self._sample(x, r, step)), SMALLEST)
-        found = self._candidates(x, r, thr, 4 * k + 4096, backend)
+        sample = self._sample(x, r, step)
+        thr = max(self._threshold(sample, 1.0), SMALLEST)
+        limit = 4 * k + 4096
+        found = self._candidates(x, r, thr, limit, backend, add=True)
+        acc = r if r is not None else x
+        if found is not None and found[0].numel() < k and thr > SMALLEST:
+            # The sample put the threshold too high (rare): once more, lower.
+            thr = max(self._threshold(sample, 3.0), SMALLEST)
+            found = self._candidates(acc, None, thr, limit, backend, add=False)
         if found is None or (found[0].numel() < k and thr > SMALLEST):
-            # The sample misjudged the threshold (rare; ties or a strange distribution).
-            acc = r if r is not None else x.to(F32)
+            # Still not: ties or a strange distribution. Select exactly.
+            acc = acc.to(F32)
             idx = self._exact(acc, k, backend)
             return idx, acc[idx]
         idx, vals = found
@@ -172,21 +180,37 @@ class TopKCodec(BaseCodec):
         return sample.abs_().cpu()
 
     def _candidates(
-        self, x: torch.Tensor, r: torch.Tensor | None, thr: float, limit: int, backend: Backend
+        self, x: torch.Tensor, r: torch.Tensor | None, thr: float, limit: int, backend: Backend, add: bool
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Indices and values of all |x + r| >= thr (None: more than ``limit``); with error
-        feedback, adds x into r on the way."""
+        """Indices and values of all |x + r| >= thr (None: more than ``limit``); with
+        ``add``, adds x into r on the way."""
         n, dev = x.numel(), x.device
-        mask = self._ws.get("mask", min(n, backend.chunk_elems), torch.bool, dev)
+        step = min(n, backend.chunk_elems)
+        flags = self._ws.get("flags", step, torch.uint8, dev)
+        if backend.bittricks:
+            # |a| >= thr as integers: for non-negative floats the bit patterns are ordered.
+            # (thr_bits - 1 - |a|_bits) >> 31 is -1 exactly when |a| >= thr.
+            below = torch.tensor(int(torch.tensor(thr, dtype=F32).view(torch.int32)) - 1, dtype=torch.int32, device=dev)
+            bits = self._ws.get("bits", step, torch.int32, dev)
         # Chunk by chunk, taking the values while the chunk is in cache.
         idxs, vals, total = [], [], 0
-        for lo, hi in chunks(n, backend.chunk_elems):
-            acc = r[lo:hi].add_(x[lo:hi]) if r is not None else self._f32("x", x[lo:hi])
+        for lo, hi in chunks(n, step):
+            if r is not None:
+                acc = r[lo:hi].add_(x[lo:hi]) if add else r[lo:hi]
+            else:
+                acc = self._f32("x", x[lo:hi])
             if total > limit:
                 continue  # still add x into r: the exact fallback needs all of x + r
-            mag = torch.abs(acc, out=self._ws.get("mag", hi - lo, F32, dev))
-            torch.ge(mag, thr, out=mask[: hi - lo])
-            hits = nonzero(mask[: hi - lo], limit - total)
+            f = flags[: hi - lo]
+            if backend.bittricks:
+                b = bits[: hi - lo]
+                torch.bitwise_and(acc.view(torch.int32), 0x7FFFFFFF, out=b)
+                torch.sub(below, b, out=b).bitwise_right_shift_(31)
+                f.copy_(b)
+            else:
+                mag = torch.abs(acc, out=self._ws.get("mag", hi - lo, F32, dev))
+                torch.ge(mag, thr, out=f.view(torch.bool))
+            hits = nonzero(f, limit - total)
             if hits is None:
                 total = limit + 1
                 continue
@@ -200,10 +224,11 @@ class TopKCodec(BaseCodec):
         return torch.cat(idxs), torch.cat(vals)
 
     @host_side
-    def _threshold(self, sample: torch.Tensor) -> float:
-        """A magnitude that about ``ratio * 1.1`` (plus a few standard errors) of the sample
-        reach: aiming above k makes one pass nearly always find enough candidates."""
-        frac = min(1.0, self.ratio * 1.1 + 4.0 * math.sqrt(self.ratio / sample.numel()))
+    def _threshold(self, sample: torch.Tensor, margin: float) -> float:
+        """A magnitude that a little more than ``ratio`` of the sample reach: 5% more plus
+        ``3.5 * margin`` standard errors of the sampled fraction. Aiming above k makes one
+        pass nearly always find enough candidates; the surplus is then dropped."""
+        frac = min(1.0, self.ratio * 1.05 + 3.5 * margin * math.sqrt(self.ratio / sample.numel()))
         m = min(sample.numel(), max(1, math.ceil(frac * sample.numel())))
         return float(torch.kthvalue(sample, sample.numel() - m + 1).values)
 

@@ -71,7 +71,7 @@ def test_backend_by_device(monkeypatch):
     for kind in ["cuda", "npu", "xla"]:
         monkeypatch.setattr(backend_mod, "device_kind", lambda device, kind=kind: kind)
         assert backend_for(torch.device("cpu")) is BACKENDS.get(kind, GENERIC)
-    assert BACKENDS["npu"].bitpack == "adds" and BACKENDS["npu"].ops == NPU_OPS
+    assert not BACKENDS["npu"].bittricks and BACKENDS["npu"].ops == NPU_OPS
 
 
 @pytest.mark.parametrize("kind,kw", CONFIGS, ids=[f"{k}-{'-'.join(map(str, kw.values()))}" for k, kw in CONFIGS])
