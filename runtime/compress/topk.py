@@ -47,6 +47,17 @@ def _kthvalue(t: torch.Tensor, k: int) -> float:
     return float(torch.kthvalue(t, k).values)
 
 
+@host_side
+def _quantile_pair(sample: torch.Tensor, frac_lo: float, frac_hi: float) -> tuple[float, float]:
+    """Magnitudes that about ``frac_lo`` and ``frac_hi`` of the sample reach (lo <= hi)."""
+    n = sample.numel()
+
+    def at(frac: float) -> float:
+        return float(torch.kthvalue(sample, min(n, max(1, n - math.ceil(frac * n) + 1))).values)
+
+    return at(frac_lo), at(frac_hi)
+
+
 def nonzero(mask: torch.Tensor, limit: int) -> torch.Tensor | None:
     """Indices of the nonzero elements of the 1-D bool or uint8 ``mask`` (None: more than
     ``limit``).
@@ -163,12 +174,37 @@ class TopKCodec(BaseCodec):
             return idx, acc[idx]
         idx, vals = found
         if idx.numel() > k:
-            # Drop the few smallest candidates; what stays is still sorted by index.
-            drop = torch.topk(vals.abs(), idx.numel() - k, largest=False, sorted=False).indices
-            keep = torch.ones(idx.numel(), dtype=torch.bool, device=dev)
-            keep[drop] = False
-            idx, vals = idx[keep], vals[keep]
+            idx, vals = self._trim(idx, vals, k, step)
         return idx, vals
+
+    def _trim(self, idx: torch.Tensor, vals: torch.Tensor, k: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` candidates of largest magnitude, still sorted by index."""
+        mag = vals.abs()
+        c = idx.numel()
+        keep = None
+        if c > 4 * SAMPLE:
+            # Sample again, among the candidates, for two thresholds that bracket the k-th
+            # magnitude: all above the upper one stay, and only the few in between need
+            # an exact selection.
+            gen = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{step}:trim".encode()))
+            sample = mag[torch.randint(0, c, (SAMPLE,), generator=gen).to(idx.device)].cpu()
+            q = k / c
+            err = 4.0 * math.sqrt(q * (1.0 - q) / SAMPLE) + 1.0 / SAMPLE
+            lo, hi = _quantile_pair(sample, min(1.0, q + err), max(0.0, q - err))
+            above = mag > hi
+            band = torch.nonzero((mag >= lo) & ~above).view(-1)
+            need = k - int(above.sum())
+            if 0 <= need <= band.numel():
+                chosen = band[torch.topk(mag[band], need, sorted=False).indices]
+                above[chosen] = True
+                keep = above
+        if keep is None:
+            # Drop the smallest from all the candidates.
+            drop = torch.topk(mag, c - k, largest=False, sorted=False).indices
+            keep = torch.ones(c, dtype=torch.bool, device=idx.device)
+            keep[drop] = False
+        sel = torch.nonzero(keep).view(-1)
+        return idx.index_select(0, sel), vals.index_select(0, sel)
 
     def _sample(self, x: torch.Tensor, r: torch.Tensor | None, step: int) -> torch.Tensor:
         """|x + r| at SAMPLE random positions (on the host)."""
