@@ -141,6 +141,7 @@ def _plot(runs: dict[str, dict[str, Any]], target: float, path: pathlib.Path) ->
         ax.legend(fontsize=8)
     ax1.set_xlabel("training time, s")
     ax1.set_xscale("symlog", linthresh=1.0)
+    ax1.set_xlim(left=0)
     ax2.set_xlabel("WAN MB (log)")
     ax2.set_xscale("log")
     fig.suptitle(f"3 centers, {RATE_MBIT:g} Mbit/s {RTT_MS:g} ms links (emulated)")

@@ -27,6 +27,19 @@ from suanwang.runtime.results import CenterTotals, RoundRecord
 MANIFEST = "manifest.json"
 
 
+def save_atomic(obj: Any, path: str | pathlib.Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file, so a crash never leaves half a file."""
+    import os
+
+    import torch
+
+    p = pathlib.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, p)
+
+
 def round_dir(root: pathlib.Path, round: int) -> pathlib.Path:
     return root / f"round-{round:06d}"
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import os
-import pathlib
 import time
 
 import torch
 import torch.distributed as dist
 
 from suanwang.runtime import device as devices
+from suanwang.runtime.checkpoint import save_atomic
 from suanwang.runtime.config import JobConfig
 from suanwang.runtime.faults import Fault, fire
 from suanwang.runtime.flat import digest, flatten, unflatten_into
@@ -215,11 +214,7 @@ class Worker:
             "rng": torch.get_rng_state(),
             "data": self.data.state_dict() if hasattr(self.data, "state_dict") else None,
         }
-        p = pathlib.Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".part")
-        torch.save(sd, tmp)
-        os.replace(tmp, p)
+        save_atomic(sd, path)
 
     def load(self, path: str) -> str:
         """Restore a :meth:`save`; returns the digest of the parameters now held.

@@ -471,8 +471,7 @@ class Gateway:
     def save(self, path: str) -> None:
         """Write the center's WAN-side state: strategy state (global parameters, outer
         momentum), codec state per tensor group, and the round."""
-        import os
-        import pathlib
+        from suanwang.runtime.checkpoint import save_atomic
 
         with self._cond:
             sd = {
@@ -480,11 +479,7 @@ class Gateway:
                 "strategy": {k: v.clone() for k, v in self.strategy.state().items()},
                 "codecs": [g.state.state_dict() for g in self.groups],
             }
-        p = pathlib.Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".part")
-        torch.save(sd, tmp)
-        os.replace(tmp, p)
+        save_atomic(sd, path)
 
     def load(self, path: str) -> int:
         """Restore a :meth:`save`; returns the next round.
