@@ -40,9 +40,9 @@ class CastCodec(BaseCodec):
             xc, wc = x[lo:hi], wire[lo:hi]
             if r is None:
                 wc.copy_(xc)
-                # A finite sum (of the chunk, in cache) proves every element finite. If not:
-                # NaN/Inf input, a value that overflowed to +-inf, or just a large sum.
-                if not bool(torch.isfinite(wc.sum())):
+                # A finite float32 sum of the chunk (in cache) proves every element finite.
+                # If not: NaN/Inf input, or a value that overflowed to +-inf.
+                if not bool(torch.isfinite(wc.sum(dtype=F32))):
                     if not bool(torch.isfinite(xc).all()):
                         raise NonFiniteInput
                     wc.copy_(self._f32("acc", xc).clamp(-big, big))
@@ -60,7 +60,7 @@ class CastCodec(BaseCodec):
             d = dst[lo:hi]
             d.copy_(wire[lo:hi])
             # A finite sum proves every value finite; else look closer (a sum may overflow).
-            if not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
+            if not bool(torch.isfinite(d.sum(dtype=F32))) and not bool(torch.isfinite(d).all()):
                 raise PayloadError(f"codec {self.name}: payload holds values that are (or decode to) NaN/Inf")
 
     def estimate_ratio(self, numel: int, dtype: torch.dtype = torch.float32) -> float:

@@ -152,7 +152,7 @@ class TopKCodec(BaseCodec):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted indices of the ``k`` largest |x + r| (fewer only if fewer are nonzero) and
         their values. With error feedback, ``r`` becomes x + r."""
-        n, dev = x.numel(), x.device
+        n = x.numel()
         if n < EXACT_BELOW:
             acc = r.add_(x) if r is not None else self._f32("x", x)
             idx = self._exact(acc, k, backend)
