@@ -44,16 +44,17 @@ def host_side(fn: F) -> F:
     HOST_SIDE.add(fn.__code__)
     return fn
 
+
 # aten ops (overload packet names) the NPU variant runs on the device: exactly what the
 # kernels use today (tests/unit/test_codecs_device.py records them); all are implemented
 # by torch_npu's op-plugin. Adding a kernel op means checking it there first.
 NPU_OPS = frozenset(
     """
-    _local_scalar_dense abs abs_ add add_ addmm_ all amax any cat clamp clamp_ clone copy_
-    detach div_ empty eq floor_ floor_divide ge gt index index_copy_ index_put_ index_select lift_fresh
-    linalg_vector_norm lt max min mm mul mul_ mv ne neg nonzero ones randint reciprocal remainder resize_
-    round_ select slice sort sub sub_ sum t topk uniform_ unsqueeze view where zero_ zeros
-    zeros_like
+    _local_scalar_dense abs abs_ add add_ addmm_ all amax cat clamp clamp_ clone copy_ detach
+    div_ empty eq floor_ ge gt index index_copy_ index_put_ index_select lift_fresh
+    linalg_vector_norm lt max min mm mul mul_ mv ne neg nonzero ones randint reciprocal
+    resize_ round_ select slice sort sub sub_ sum t topk uniform_ unsqueeze view where
+    zero_ zeros zeros_like
     """.split()
 )
 

@@ -62,8 +62,12 @@ def _run(kind, kw, inputs):
 
 def _inputs():
     g = torch.Generator().manual_seed(0)
-    # Large enough for topk to sample and for several chunks on CPU; odd for the tails.
-    return [torch.randn(300_001, generator=g) for _ in range(2)] + [torch.randn(96, 100, generator=g)]
+    # Large enough for topk to sample and for several chunks on CPU; odd for the tails;
+    # and all-equal values, which send topk down its exact path.
+    return [torch.randn(300_001, generator=g) for _ in range(2)] + [
+        torch.randn(96, 100, generator=g),
+        torch.full((290_000,), 0.5),
+    ]
 
 
 def test_backend_by_device(monkeypatch):
