@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Callable
 
 import pytest
@@ -166,7 +167,7 @@ OUT_EPS = {torch.float32: 1e-6, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11
 @pytest.mark.parametrize("dtype_id", list(DTYPES))
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_round_trip_within_bound(case, dtype_id, shape_id):
-    g = torch.Generator().manual_seed(hash((case.id, dtype_id, shape_id)) % 2**31)
+    g = torch.Generator().manual_seed(zlib.crc32(f"{case.id}/{dtype_id}/{shape_id}".encode()))
     dtype = DTYPES[dtype_id]
     x = SHAPES[shape_id](g).to(dtype)
     codec = case.build()
