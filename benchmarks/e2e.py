@@ -21,7 +21,6 @@ messages they sent (the kernel's total for the run is reported beside them).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import pathlib

@@ -35,6 +35,7 @@ class CenterHandle:
     name: str
     workers: list
     gateway: object
+    placement_group: object = None
     state: str = "live"  # live | late | dead
     pending: object = None  # ref of a late round's contribute
     missed_round: int = -1

@@ -123,24 +123,24 @@ class Job:
                 ).remote(spec, cfg, self.fns, self.faults)
                 workers.append(w)
             self._actors += workers
-            handles.append(CenterHandle(c.name, workers, None))
-            handles[-1]._pg = pg
+            handles.append(CenterHandle(c.name, workers, None, placement_group=pg))
         layout = ray.get(handles[0].leader.layout.remote(), timeout=_START_TIMEOUT_S)
         for h in handles:
             h.gateway = GatewayActor.options(
                 num_cpus=1,
                 name=f"{h.name}-gateway",
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    h._pg, placement_group_bundle_index=len(h.workers)
+                    h.placement_group, placement_group_bundle_index=len(h.workers)
                 ),
             ).remote(h.name, cfg, layout, self.token, self.link_faults)
             self._actors.append(h.gateway)
         # intra-center groups: rank 0 hosts the rendezvous store
+        joins = []
         for h in handles:
             host = ray.get(h.leader.node_ip.remote(), timeout=_START_TIMEOUT_S)
             port = ray.get(h.leader.create_store.remote(host), timeout=_START_TIMEOUT_S)
-            h._group = [w.init_group.remote(host, port) for w in h.workers]
-        ray.get([r for h in handles for r in h._group], timeout=_START_TIMEOUT_S)
+            joins += [w.init_group.remote(host, port) for w in h.workers]
+        ray.get(joins, timeout=_START_TIMEOUT_S)
         # gateways: listen, then connect to each other
         r = self.routes
         addrs = dict(
