@@ -57,8 +57,8 @@ class WorkerActor:
     def contribution(self):
         return self.w.contribution()
 
-    def apply(self, result) -> str:
-        return self.w.apply(result)
+    def apply(self, result, verify: bool = True) -> str:
+        return self.w.apply(result, verify)
 
     def params_digest(self) -> str:
         return self.w.params_digest()

@@ -157,6 +157,9 @@ class TrainConfig(_Section):
 
     steps: Annotated[int, Field(ge=1)] = 200
     eval_every_rounds: Annotated[int, Field(ge=1)] = 1
+    # check (SHA-256 of the parameters) that every center holds the same state every N
+    # rounds and at every evaluation; 0: only at evaluations
+    verify_every_rounds: Annotated[int, Field(ge=0)] = 1
 
 
 class TlsConfig(_Section):

@@ -183,6 +183,9 @@ class Coordinator:
 
     def _apply(self, r: int, decision: RoundDecision, live, reduced: dict, evaluate: bool) -> None:
         parts = list(decision.participants)
+        every = self.cfg.train.verify_every_rounds
+        # always verify at an evaluation, so the reported figures come from agreeing centers
+        verify = evaluate or (every > 0 and (r + 1) % every == 0)
         failed = {c: (rep.error if rep else "no answer") for c, rep in reduced.items() if rep is None or not rep.ok}
         if failed:
             self._event(f"round {r}: abandoned, every participant rolls back: {failed}")
@@ -193,7 +196,7 @@ class Coordinator:
                     c.state, c.pending, c.missed_round = "late", c.gateway.stats.remote(), r
                     continue
                 result = c.gateway.abort.remote(r) if failed else c.gateway.finish.remote(r)
-                self._applied[c.name] = [w.apply.remote(result) for w in c.workers]
+                self._applied[c.name] = [w.apply.remote(result, verify) for w in c.workers]
             else:
                 # Its work for this round may still be running: queue the skip behind it,
                 # then watch the gateway and resync the center once it is idle again.
@@ -208,7 +211,7 @@ class Coordinator:
     def _record(self, r, decision, reports, reduced, stats, t_round) -> RoundRecord:
         parts = [c for c in decision.participants if c in self._applied]
         digests = {c: ray.get(refs) for c, refs in self._applied.items()}
-        flat = {d for ds in digests.values() for d in ds}
+        flat = {d for ds in digests.values() for d in ds if d}
         if len(flat) > 1:
             self.params_agree = False
             self._event(f"round {r}: parameters differ across centers: {digests}")

@@ -198,11 +198,12 @@ class Worker:
     def contribution(self) -> torch.Tensor:
         return self.strategy.contribution(self)
 
-    def apply(self, result) -> str:
-        """Apply a round's result; returns the digest of what every center must agree on
-        (the parameters, or the global state under streaming)."""
+    def apply(self, result, verify: bool = True) -> str:
+        """Apply a round's result; with ``verify``, returns the digest of what every center
+        must agree on (the parameters, or the global state under streaming), else ``""``
+        (hashing a large model every round is not free)."""
         self.strategy.apply(self, result)
-        return digest(self.strategy.agreement_tensor(self))
+        return digest(self.strategy.agreement_tensor(self)) if verify else ""
 
     # ------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:

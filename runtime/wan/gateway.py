@@ -429,6 +429,8 @@ class Gateway:
                 del self._inbox[r]
             self._own = {r: v for r, v in self._own.items() if r >= self.round}
             self._mean = {r: v for r, v in self._mean.items() if r >= self.round}
+            # byte counts are read by the round's reduce report; older ones are history
+            self.round_bytes = {r: v for r, v in self.round_bytes.items() if r >= self.round - 1}
 
     def finish(self, round: int) -> torch.Tensor:
         """Phase 3: apply the strategy's post step to the round's mean; returns what the
