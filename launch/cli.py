@@ -197,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--out", required=True, help="directory to write PEM files into")
     certs.add_argument("--days", type=int, default=30, help="validity in days")
     certs.set_defaults(func=cmd_certs)
-    bench = sub.add_parser("bench", help="run a benchmark: codecs")
-    bench.add_argument("which", help="benchmark name, e.g. codecs")
+    bench = sub.add_parser("bench", help="run a benchmark: codecs, wan, ddp or e2e (each takes --help)")
+    bench.add_argument("which", help="codecs | wan | ddp | e2e")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
     bench.set_defaults(func=cmd_bench)
     return p

@@ -112,3 +112,17 @@ def test_cli_plan_prints_resolved_config_and_prediction():
     resolved = yaml.safe_load(out.stdout.split("\n# prediction")[0])
     assert resolved["strategy"]["inner_steps"] == 10
     assert "MB on the WAN per round" in out.stdout
+
+
+def test_agreement_check_interval_defaults_to_every_round_and_rejects_negative():
+    assert parse_config(demo_data(), "t", {}).train.verify_every_rounds == 1
+    d = demo_data()
+    d["train"]["verify_every_rounds"] = -1
+    assert "train.verify_every_rounds" in problems(d)
+
+
+def test_streaming_needs_inner_steps_divisible_by_fragments():
+    d = demo_data()
+    d["strategy"] = {"kind": "streaming", "inner_steps": 10, "fragments": 3}
+    p = problems(d)
+    assert "strategy.inner_steps" in p and "not a multiple of fragments (3)" in p["strategy.inner_steps"], p
