@@ -158,6 +158,31 @@ def copy_bandwidth(numel: int, *, repeat: int = 5, device: str | torch.device = 
     return t.rate(numel * 4 / 1e9)
 
 
+def close_pipes(proc: subprocess.Popen) -> None:
+    """Close a child's stdin and stdout (a peer reading stdin takes EOF as "exit")."""
+    for stream in (proc.stdin, proc.stdout):
+        try:
+            if stream is not None:
+                stream.close()
+        except OSError:
+            pass
+
+
+def reap(proc: subprocess.Popen, wait_s: float = 0.0, term_s: float = 3.0) -> None:
+    """Give a child ``wait_s`` to exit on its own, then TERM, then KILL; always reaps it."""
+    try:
+        proc.wait(timeout=wait_s)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    proc.terminate()
+    try:
+        proc.wait(timeout=term_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def set_threads(n: int) -> None:
     """Use ``n`` intra-op threads (torch and the OpenMP/MKL pools it drives)."""
     torch.set_num_threads(n)

@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from suanwang.benchmarks.common import format_table, write_json
+from suanwang.benchmarks.common import close_pipes, format_table, reap, write_json
 from suanwang.benchmarks.ddp_worker import MODULE as WORKER_MODULE
 from suanwang.models.clip import ClipConfig
 from suanwang.runtime.wan.emulator import WanEmulator
@@ -97,19 +97,9 @@ class _Worker:
 
     def stop(self) -> None:
         """Close its pipes, then TERM, then KILL; always reaps."""
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
+        close_pipes(self.proc)
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            reap(self.proc)
         self.log.close()
 
 

@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from suanwang.benchmarks.common import close_pipes, reap
 from suanwang.benchmarks.wan_peer import MODULE as PEER_MODULE
 from suanwang.runtime.wan.emulator import WanEmulator, emulator_available
 from suanwang.runtime.wan.relay import EmulatorError, read_line
@@ -118,25 +119,12 @@ class PeerProc:
 
     def hang_up(self) -> None:
         """Close the pipes: the peer closes its gateway and exits."""
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
+        close_pipes(self.proc)
 
     def stop(self) -> None:
         """Hang up, wait for the exit, then TERM, then KILL; always reaps."""
         self.hang_up()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        reap(self.proc, wait_s=10)
         self.log.close()
 
 
