@@ -31,11 +31,8 @@ class SyncWorker(WorkerStrategy):
 class SyncCenter(CenterStrategy):
     """Nothing to add: the mean gradient is what the workers need."""
 
-    def __init__(self) -> None:
-        self.params: torch.Tensor | None = None
-
     def init(self, params: torch.Tensor) -> None:
-        self.params = params
+        """Nothing to keep: the parameters live in the workers."""
 
     def post(self, mean: torch.Tensor, span: tuple[int, int] | None = None) -> torch.Tensor:
         return mean

@@ -339,13 +339,6 @@ class GrpcTransport:
             self._thread.join(timeout=5)
 
     # ------------------------------------------------------------------ traffic
-    def send(
-        self, peers: Iterable[str], meta: Meta, enc: Encoded, timeout: float
-    ) -> dict[str, SendResult]:
-        """Stream one payload to each of ``peers`` concurrently; never raises on a peer's
-        failure (the result says what happened)."""
-        return self.send_batch(peers, [(meta, enc)], timeout)
-
     def send_batch(
         self, peers: Iterable[str], items: list[tuple[Meta, Encoded]], timeout: float
     ) -> dict[str, SendResult]:
