@@ -71,7 +71,7 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
     probe = _config(strat, steps, 1)
     eval_every = max(1, probe.rounds // eval_points)
     cfg = _config(strat, steps, eval_every)
-    samples_per_round = {c.name: 32 * c.workers * cfg.inner_steps for c in cfg.centers}
+    samples_per_round = {c.name: cfg.data.batch_size * c.workers * cfg.center_inner_steps(c.name) for c in cfg.centers}
     history: list[dict[str, Any]] = []
     state = {"eval_s": 0.0, "samples": 0, "peak": 0.0}
     k0 = counters() if counters else None

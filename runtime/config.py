@@ -65,6 +65,10 @@ class CenterConfig(_Section):
     # `embedded` puts the center in the driver's local Ray instance; otherwise the
     # address of that center's own Ray cluster (used by `suanwang center`).
     ray: str = "embedded"
+    # Inner steps per round for this center, replacing strategy.inner_steps (diloco,
+    # streaming): a faster center does more steps in the same wall time instead of waiting.
+    # The cross-center mean weights every center by the samples it actually processed.
+    inner_steps: Annotated[int, Field(ge=1)] | None = None
 
 
 class LinkConfig(_Section):
@@ -248,6 +252,19 @@ class JobConfig(_Section):
             if pair in pairs:
                 raise ValueError(f"links[{i}].between: a second link between {sorted(pair)}")
             pairs.add(pair)
+        for i, c in enumerate(self.centers):
+            if c.inner_steps is None:
+                continue
+            if isinstance(self.strategy, SyncStrategy):
+                raise ValueError(
+                    f"centers[{i}].inner_steps: strategy sync takes one step per round; "
+                    "per-center inner steps need diloco or streaming"
+                )
+            if isinstance(self.strategy, StreamingStrategy) and c.inner_steps % self.strategy.fragments:
+                raise ValueError(
+                    f"centers[{i}].inner_steps: {c.inner_steps} is not a multiple of "
+                    f"strategy.fragments ({self.strategy.fragments})"
+                )
         for a, b in itertools.combinations(names, 2):
             if frozenset((a, b)) not in pairs:
                 raise ValueError(f"links: no link declared between {a!r} and {b!r}")
@@ -255,15 +272,23 @@ class JobConfig(_Section):
 
     @property
     def inner_steps(self) -> int:
-        """Inner steps per round (per slot under streaming)."""
+        """Inner steps per round (per slot under streaming) of a center without its own
+        ``inner_steps``; ``train.steps`` counts these."""
+        return self.center_inner_steps(None)
+
+    def center_inner_steps(self, center: str | None) -> int:
+        """Inner steps per round (per slot under streaming) of ``center``."""
+        own = next((c.inner_steps for c in self.centers if c.name == center), None)
         if isinstance(self.strategy, DilocoStrategy):
-            return self.strategy.inner_steps
+            return own or self.strategy.inner_steps
         if isinstance(self.strategy, StreamingStrategy):
-            return self.strategy.inner_steps // self.strategy.fragments
+            return (own or self.strategy.inner_steps) // self.strategy.fragments
         return 1
 
     @property
     def rounds(self) -> int:
+        """Rounds in the job: ``train.steps`` over the strategy's steps per round (a center
+        with its own ``inner_steps`` runs ``rounds * inner_steps`` steps in all)."""
         return -(-self.train.steps // self.inner_steps)
 
     @property

@@ -78,7 +78,7 @@ class Worker:
         self.data = fns.data_fn(
             DataShard(spec.center, spec.center_index, spec.num_centers, spec.rank, spec.world_size, cfg.job.seed)
         )
-        self.strategy = worker_strategy(cfg)
+        self.strategy = worker_strategy(cfg, spec.center)
         if hasattr(self.strategy, "fragments"):
             self.strategy.fragments = fragment_bounds(self.layout(), cfg.strategy.fragments)
         # grads (weighted by local samples), then [samples, loss * samples]

@@ -17,14 +17,15 @@ __all__ = [
 ]
 
 
-def worker_strategy(cfg: JobConfig) -> WorkerStrategy:
+def worker_strategy(cfg: JobConfig, center: str | None = None) -> WorkerStrategy:
+    """The worker half for a worker of ``center`` (which may run its own inner steps)."""
     s = cfg.strategy
     if isinstance(s, DilocoStrategy):
-        return DilocoWorker(s.inner_steps)
+        return DilocoWorker(cfg.center_inner_steps(center))
     if isinstance(s, SyncStrategy):
         return SyncWorker()
     if isinstance(s, StreamingStrategy):
-        return StreamingWorker(s.inner_steps // s.fragments, s.mix)
+        return StreamingWorker(cfg.center_inner_steps(center), s.mix)
     raise ValueError(f"strategy.kind: unsupported {s.kind!r}")
 
 

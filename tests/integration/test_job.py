@@ -222,3 +222,17 @@ def test_streaming_syncs_every_fragment_and_learns(local_ray):
     # each round carries a third of the model: fewer bytes per round than a whole payload
     per_round = [sum(h.link_bytes.values()) for h in res.history]
     assert max(per_round) < 0.6 * res.wan_bytes / 18 * 3
+
+
+def test_centers_run_their_own_inner_steps_and_report_their_samples(local_ray):
+    d = small_config(strategy={"kind": "diloco", "inner_steps": 3}, train={"steps": 9})
+    d["centers"][1]["inner_steps"] = 6  # wuhan: twice the default
+    cfg = parse_config(d, environ={})
+    res = Job(cfg, demo_functions(cfg)).run()
+    assert res.rounds == 3 and res.params_agree
+    batch = cfg.data.batch_size
+    # samples are per center (all its workers); steps as each worker counts them
+    assert res.centers["wuhan"].samples == 3 * 6 * batch
+    assert res.centers["xian"].samples == 3 * 3 * batch
+    assert res.centers["shenzhen"].samples == 3 * 3 * 2 * batch
+    assert res.final_eval_loss < res.initial_eval_loss

@@ -126,3 +126,31 @@ def test_streaming_needs_inner_steps_divisible_by_fragments():
     d["strategy"] = {"kind": "streaming", "inner_steps": 10, "fragments": 3}
     p = problems(d)
     assert "strategy.inner_steps" in p and "not a multiple of fragments (3)" in p["strategy.inner_steps"], p
+
+
+def test_per_center_inner_steps_override_the_strategy_for_that_center_only():
+    d = demo_data()
+    d["strategy"] = {"kind": "streaming", "inner_steps": 12, "fragments": 3}
+    d["centers"][1]["inner_steps"] = 24
+    cfg = parse_config(d, "t", {})
+    assert cfg.center_inner_steps("wuhan") == 8  # per slot: 24 / 3 fragments
+    assert cfg.center_inner_steps("shenzhen") == cfg.inner_steps == 4
+    d["strategy"] = {"kind": "diloco", "inner_steps": 10}
+    cfg = parse_config(d, "t", {})
+    assert (cfg.center_inner_steps("wuhan"), cfg.center_inner_steps("xian")) == (24, 10)
+    assert cfg.rounds == -(-cfg.train.steps // 10)  # train.steps counts the strategy's steps
+
+
+def test_per_center_inner_steps_rejected_where_meaningless():
+    d = demo_data()
+    d["strategy"] = {"kind": "streaming", "inner_steps": 12, "fragments": 3}
+    d["centers"][2]["inner_steps"] = 10
+    p = problems(d)
+    assert "centers[2].inner_steps" in p and "multiple of strategy.fragments (3)" in p["centers[2].inner_steps"], p
+    d["strategy"] = {"kind": "sync"}
+    d["centers"][2]["inner_steps"] = 2
+    p = problems(d)
+    assert "one step per round" in p["centers[2].inner_steps"], p
+    d["strategy"] = {"kind": "diloco"}
+    d["centers"][2]["inner_steps"] = 0
+    assert "centers[2].inner_steps" in problems(d)
