@@ -1,6 +1,11 @@
 """Network-namespace plumbing of the WAN emulator: running ``ip``/``tc``, whether an
 emulator can be built here, and which namespaces belong to live or crashed emulators (each
 live emulator holds an exclusive ``flock`` on ``/run/suanwang-wanemu/<prefix>.lock``).
+
+A process an emulator runs outside its namespaces (the packet delayer of ``latency="tun"``,
+which lives in the host's namespace) is recorded in ``/run/suanwang-wanemu/<prefix>.pid``
+as ``pid starttime``, so that :func:`cleanup_stale` can stop it when its emulator crashed
+(the start time guards against a recycled pid).
 """
 
 from __future__ import annotations
@@ -143,6 +148,45 @@ def _claim_prefix(requested: str | None) -> tuple[str, int]:
     raise EmulatorError("could not find a free emulator prefix")
 
 
+def _record_process(prefix: str, pid: int) -> None:
+    """Record ``pid`` as a process of emulator ``prefix`` that lives outside its namespaces."""
+    (_STATE_DIR / f"{prefix}.pid").write_text(f"{pid} {_start_time(pid)}\n")
+
+
+def _forget_process(prefix: str) -> None:
+    (_STATE_DIR / f"{prefix}.pid").unlink(missing_ok=True)
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _kill_recorded(path: Path) -> None:
+    """Kill the process recorded in ``path`` (if it is still that process), then unlink it."""
+    try:
+        pid_s, start_s = path.read_text().split()
+        pid, start = int(pid_s), int(start_s)
+    except (OSError, ValueError):
+        pid = start = None  # type: ignore[assignment]
+    if pid is not None and _start_time(pid) == start:
+        for sig, grace in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 1.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.02)
+            if not _alive(pid):
+                break
+    path.unlink(missing_ok=True)
+
+
 def _release_prefix(prefix: str, fd: int) -> None:
     (_STATE_DIR / f"{prefix}.lock").unlink(missing_ok=True)
     os.close(fd)
@@ -155,10 +199,13 @@ def cleanup_stale(prefix: str = DEFAULT_PREFIX, *, force: bool = False) -> list[
     lock of the emulator that created it. Live emulators (of this or another process) are
     left alone unless ``force`` is true.
 
+    The processes such an emulator recorded outside its namespaces (its packet delayer)
+    are stopped as well.
+
     Args:
         prefix: namespace-name prefix to consider; an emulator's own prefix, or the default
             that every emulator's prefix starts with.
-        force: also remove namespaces of live emulators.
+        force: also remove namespaces (and recorded processes) of live emulators.
 
     Returns:
         The namespaces removed.
@@ -175,6 +222,11 @@ def cleanup_stale(prefix: str = DEFAULT_PREFIX, *, force: bool = False) -> list[
             _netns_kill_and_delete(ns)
             removed.append(ns)
     if _STATE_DIR.is_dir():
+        for rec in _STATE_DIR.glob("*.pid"):
+            inst = rec.stem  # ``prefix`` may be a namespace prefix, ``<inst>-``
+            if (inst + "-").startswith(prefix) or inst.startswith(prefix):
+                if force or not _instance_alive(inst):
+                    _kill_recorded(rec)
         for lock in _STATE_DIR.glob(f"{prefix}*.lock"):
             if not _instance_alive(lock.stem):
                 lock.unlink(missing_ok=True)
