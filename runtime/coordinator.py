@@ -118,6 +118,9 @@ class Coordinator:
         """Hand round ``r``'s contributions to the gateways (queued behind the local work
         and behind the previous round's results, in each actor's order)."""
         slot = self._slots[r]
+        # a center left out of the round before may have this round's work queued already:
+        # it sits this round out (the work is undone when it resyncs)
+        slot["live"] = [c for c in slot["live"] if c.state == "live"]
         names = [c.name for c in slot["live"]]
         deadline = time.time() + self.cfg.wan.round_timeout_s
         slot["deadline"] = deadline
@@ -127,7 +130,13 @@ class Coordinator:
         }
 
     def _complete(self, r: int, evaluate: bool) -> RoundRecord:
-        """Decide who takes part in round ``r``, reduce, and queue the result on the workers."""
+        """Decide who takes part in round ``r``, reduce, queue the result on the workers and
+        record the round once they have applied it."""
+        return self._finalize(*self._commit(r, evaluate))
+
+    def _commit(self, r: int, evaluate: bool) -> tuple:
+        """Decide who takes part in round ``r``, reduce, and queue the result on the workers
+        (without waiting for them to apply it)."""
         cfg = self.cfg
         slot = self._slots.pop(r)
         live, contrib, stats = slot["live"], slot["contrib"], slot["stats"]
@@ -154,7 +163,11 @@ class Coordinator:
             raise RuntimeError(f"round {r}: no center can commit: {dict(decision.excluded)}")
         reduced = self._reduce(r, decision, reports)
         self._apply(r, decision, live, reduced, evaluate)
-        rec = self._record(r, decision, reports, reduced, stats, slot["t0"])
+        return r, decision, reports, reduced, stats, slot["t0"]
+
+    def _finalize(self, r, decision, reports, reduced, stats, t0) -> RoundRecord:
+        """Wait until the workers applied round ``r``, record it, bring late centers back."""
+        rec = self._record(r, decision, reports, reduced, stats, t0)
         self._catch_up(r, decision.participants[0])
         return rec
 
@@ -208,9 +221,24 @@ class Coordinator:
         self._eval_ref = self.centers[first].leader.evaluate.remote() if evaluate and first else None
         self.abandoned = bool(failed)
 
+    def _applied_digests(self, r: int) -> dict[str, list[str]]:
+        """Each center's digests of round ``r``'s result, once applied. A center that does
+        not apply it within the round timeout (under overlap the result queues behind the
+        next round's work) or fails is left out from here on, like a late center."""
+        deadline = time.time() + self.cfg.wan.round_timeout_s + _GRACE_S
+        digests = {}
+        for name, refs in self._applied.items():
+            try:
+                digests[name] = ray.get(refs, timeout=max(0.0, deadline - time.time()))
+            except (GetTimeoutError, RayActorError, RayTaskError) as err:
+                c = self.centers[name]
+                c.state, c.pending, c.missed_round = "late", c.gateway.stats.remote(), r
+                self._event(f"round {r}: {name} did not apply the result in time ({type(err).__name__}): left out")
+        return digests
+
     def _record(self, r, decision, reports, reduced, stats, t_round) -> RoundRecord:
-        parts = [c for c in decision.participants if c in self._applied]
-        digests = {c: ray.get(refs) for c, refs in self._applied.items()}
+        digests = self._applied_digests(r)
+        parts = [c for c in decision.participants if c in digests]
         flat = {d for ds in digests.values() for d in ds if d}
         if len(flat) > 1:
             self.params_agree = False
@@ -306,17 +334,31 @@ class Coordinator:
         exchange runs while the workers compute round ``r + 1``, and its result is applied
         one round late."""
         every = self.cfg.checkpoint.every_rounds
-        overlap = getattr(self.cfg.strategy, "overlap", 0)
+        if getattr(self.cfg.strategy, "overlap", 0):
+            self._run_overlapped(rounds, eval_every, start)
+            return
         for r in range(start, rounds):
             evaluate = (r + 1) % eval_every == 0 or r == rounds - 1
-            if not overlap:
-                self.run_round(r, evaluate)
-            else:
-                self._work(r)
-                if r > start:
-                    self._complete(r - 1, (r % eval_every) == 0)
-                self._send(r)
-                if r == rounds - 1:
-                    self._complete(r, True)
-            if every and (r + 1) % every == 0 and r != rounds - 1 and not overlap:
+            self.run_round(r, evaluate)
+            if every and (r + 1) % every == 0 and r != rounds - 1:
                 self.checkpoint(r, numel)
+
+    def _run_overlapped(self, rounds: int, eval_every: int, start: int) -> None:
+        """Each worker's actor queue reads ``work(r+1), apply(r), contribution(r+1),
+        work(r+2), ...``: round ``r``'s exchange runs during ``work(r+1)`` and its result is
+        applied one round late. Everything a worker runs next is queued before the
+        coordinator waits on anything that worker still has to do, so a worker never idles
+        on the coordinator's own bookkeeping (the agreement digests, the evaluation)."""
+        if start >= rounds:
+            return
+        self._work(start)
+        self._send(start)
+        if start + 1 < rounds:
+            self._work(start + 1)
+        for r in range(start, rounds):
+            committed = self._commit(r, (r + 1) % eval_every == 0 or r == rounds - 1)
+            if r + 1 < rounds:
+                self._send(r + 1)
+                if r + 2 < rounds:
+                    self._work(r + 2)
+            self._finalize(*committed)

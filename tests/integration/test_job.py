@@ -236,3 +236,27 @@ def test_centers_run_their_own_inner_steps_and_report_their_samples(local_ray):
     assert res.centers["xian"].samples == 3 * 3 * batch
     assert res.centers["shenzhen"].samples == 3 * 3 * 2 * batch
     assert res.final_eval_loss < res.initial_eval_loss
+
+
+def test_streaming_with_overlap_drops_a_late_center_and_goes_on(local_ray):
+    # Under overlap a round's result queues behind the next round's work, which is where
+    # the delay hits: the coordinator must give up on the center after the round timeout
+    # (not wait for it forever) and the others go on without it.
+    cfg = parse_config(
+        small_config(
+            strategy={"kind": "streaming", "inner_steps": 4, "fragments": 2, "overlap": 1, "mix": 0.5},
+            train={"steps": 24},
+            wan={"insecure": True, "round_timeout_s": 4},
+        ),
+        environ={},
+    )
+    t0 = time.perf_counter()
+    res = Job(cfg, demo_functions(cfg), faults=(Fault("xian", 2, "delay", 30.0),)).run()
+    h = res.history
+    assert res.rounds == 12
+    assert h[0].participants == ["shenzhen", "wuhan", "xian"]
+    assert all(r.participants == ["shenzhen", "wuhan"] for r in h[2:]), [r.participants for r in h]
+    assert any("xian" in e and "left out" in e for e in res.events), res.events
+    assert res.params_agree and not any(r.abandoned for r in h)
+    assert res.final_eval_loss < res.initial_eval_loss
+    assert time.perf_counter() - t0 < 60  # not held up for the 30 s delay
