@@ -1,33 +1,32 @@
 """Plain-PyTorch DDP baselines for the end-to-end benchmark, on the same emulated WAN.
 
-``run_ddp(centers, steps, emu=...)`` trains the demo job (tiny CLIP on the digits pairs,
-the same per-worker data shards, seed, batch 32 and inner AdamW as the runtime's workers)
-with ``torch.nn.parallel.DistributedDataParallel`` on gloo over *every* worker of *every*
+``run_ddp(centers, steps, emu=...)`` trains the demo job (CLIP, tiny by default, on the
+digits pairs; the same per-worker data shards, seed, batch and inner AdamW as the runtime's
+workers) with ``torch.nn.parallel.DistributedDataParallel`` on gloo over *every* worker of *every*
 center, one process per worker (:mod:`suanwang.benchmarks.ddp_worker`): each step
 all-reduces the full gradient across the WAN. With ``powersgd_rank`` the gradients go
 through PyTorch's PowerSGD communication hook instead. This is the baseline the runtime's
 strategies are held against: what you get by stretching one DDP job over the centers.
 
-Placement. With an emulator, each worker runs inside its center's network namespace
-(``emu.popen``); gloo binds to the center's emulator address (``GLOO_SOCKET_IFNAME`` set to
-one of the center's WAN veths, all of which carry that address) and rank 0's TCPStore
-listens there, so cross-center gradient traffic crosses the shaped veths while traffic
-between workers of one center stays on the namespace's loopback. Without an emulator (the
-"unshaped" control) the workers are plain processes on 127.0.0.1 and there is no WAN.
-
-Latency. gloo dials peers' addresses directly, not through the emulator's delaying relay
-(``emu.endpoint``): the DDP baselines pay the link rate but not the RTT, which favours DDP
-(gloo's ring all-reduce runs 2(n-1) dependent hops per bucket; on a real 40 ms WAN each
-would cost at least 20 ms more). Every result carries this in its ``note``.
+Placement. With an emulator in packet mode (``WanEmulator(..., latency="tun")``, what the
+module's own runs and ``suanwang bench e2e`` use), each worker runs inside its center's
+network namespace (``emu.popen``); gloo binds to the center's emulator address
+(``GLOO_SOCKET_IFNAME`` set to ``emu.interface(center)``) and rank 0's TCPStore listens
+there, so every cross-center gloo packet pays the link rate *and* rtt/2 each way, while
+traffic between workers of one center stays on the namespace's loopback. Under the relay
+mode (``latency="relay"``) gloo, which dials peers directly, would see the rate but not the
+delay; results then say so in their ``note``. Without an emulator (the "unshaped" control)
+the workers are plain processes on 127.0.0.1 and there is no WAN.
 
 What is measured (all on rank 0's clock unless said):
 
 * ``history``: at step 0, every ``eval_every`` steps and at the last step, all ranks stop
   at a barrier, rank 0 evaluates the held-out loss and the parent reads the kernel's byte
   counters; ``train_s`` excludes those pauses (training time only).
-* WAN bytes are counted, not estimated: the sum of ``tx_bytes`` of every veth joining two of
-  the run's centers, read in each namespace (``ip -s -j -n NS link``) at each eval point,
-  so they include TCP/IP and Ethernet headers and the ACKs flowing back. ``wan_bytes``
+* WAN bytes are counted, not estimated: :meth:`WanEmulator.link_bytes` of every link
+  direction between two of the run's centers, read at each eval point (IP packets the packet
+  delayer delivered, or the veths' ``tx_bytes`` in relay mode), so they include TCP/IP
+  headers and the ACKs flowing back. ``wan_bytes``
   counts from the step-0 eval point (after gloo connected and DDP broadcast the initial
   parameters, which ``wan_bytes_setup`` counts) to the last one.
 * ``utilization``: the time a step takes when communication is free, over the time a
@@ -59,10 +58,11 @@ from suanwang.benchmarks.ddp_worker import MODULE as WORKER_MODULE
 from suanwang.models.clip import ClipConfig
 from suanwang.runtime.wan.emulator import WanEmulator
 
-__all__ = ["DdpError", "main", "ring_bytes_per_step", "run_ddp", "wan_counters", "wan_interfaces"]
+__all__ = ["DdpError", "main", "ring_bytes_per_step", "run_ddp", "wan_counters"]
 
-NOTE_SHAPED = ("ddp baselines pay the link rate but not the RTT; this favours DDP "
-               "(gloo dials peers directly, bypassing the emulator's delaying relay)")
+NOTE_SHAPED = "every gloo packet between centers pays the emulated link rate and rtt/2"
+NOTE_RELAY = ("relay-mode emulator: gloo pays the link rate but not the RTT (it dials peers "
+              "directly, bypassing the delaying relay); this favours DDP")
 NOTE_UNSHAPED = "unshaped control: every worker on 127.0.0.1, no WAN (0 WAN bytes)"
 DEMO_CENTERS = [("shenzhen", 2), ("wuhan", 1), ("xian", 1)]
 DEMO_LINK = (100, 40)  # Mbit/s, ms
@@ -132,38 +132,11 @@ def _next_message(workers: Sequence[_Worker], deadline: float) -> tuple[_Worker,
 
 
 # ---------------------------------------------------------------------- WAN counters
-def wan_interfaces(emu: WanEmulator, names: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Per center, its veths that join it to another of ``names``: ``{ifname: peer center}``."""
-    owner = {emu.address(c): c for c in names}
-    out: dict[str, dict[str, str]] = {}
-    for c in names:
-        addrs = json.loads(subprocess.run(["ip", "-j", "-n", emu.namespace(c), "addr", "show"],
-                                          capture_output=True, text=True, check=True,
-                                          timeout=10).stdout)
-        out[c] = {}
-        for dev in addrs:
-            for a in dev.get("addr_info", []):
-                peer = owner.get(a.get("address", ""))
-                if peer and peer != c and a.get("local") == emu.address(c):
-                    out[c][dev["ifname"]] = peer
-    return out
-
-
-def wan_counters(emu: WanEmulator, ifaces: dict[str, dict[str, str]]) -> dict[str, int]:
-    """``tx_bytes`` of each WAN veth, keyed ``src->dst``."""
-    out = {}
-    for c, devs in ifaces.items():
-        links = json.loads(subprocess.run(["ip", "-s", "-j", "-n", emu.namespace(c), "link", "show"],
-                                          capture_output=True, text=True, check=True,
-                                          timeout=10).stdout)
-        for dev in links:
-            if dev["ifname"] in devs:
-                out[f"{c}->{devs[dev['ifname']]}"] = int(dev["stats64"]["tx"]["bytes"])
-    return out
-
-
-# Earlier names, imported by benchmarks/e2e.py.
-_wan_interfaces, _wan_counters = wan_interfaces, wan_counters
+def wan_counters(emu: WanEmulator, names: Sequence[str]) -> dict[str, int]:
+    """Bytes carried so far by each emulated link direction between two of ``names``,
+    keyed ``src->dst`` (:meth:`WanEmulator.link_bytes`)."""
+    inside = set(names)
+    return {k: v for k, v in emu.link_bytes().items() if set(k.split("->")) <= inside}
 
 
 # ---------------------------------------------------------------------- the run
@@ -195,6 +168,8 @@ def run_ddp(
     emu: WanEmulator | None = None,
     powersgd_rank: int | None = None,
     seed: int = 0,
+    model_size: str = "tiny",
+    batch_size: int = 32,
     eval_every: int = 10,
     target_loss: float | None = None,
     timeout_s: float = 600,
@@ -209,6 +184,8 @@ def run_ddp(
         powersgd_rank: use the PowerSGD hook at this rank (vanilla all-reduce for the first
             2 steps, as the hook does); ``None`` for the plain all-reduce.
         seed: the job seed (model init, data split, batch order).
+        model_size: the ClipConfig preset (the runtime's ``model.size``).
+        batch_size: per-worker batch (the runtime's ``data.batch_size``).
         eval_every: steps between held-out evaluations (step 0 and the last are always).
         target_loss: report when the held-out loss first reaches it.
         timeout_s: bound on the whole run, process start to exit.
@@ -233,17 +210,20 @@ def run_ddp(
         DdpError: a worker failed or the run took longer than ``timeout_s``.
     """
     _validate(centers, steps, eval_every, powersgd_rank, emu)
+    if model_size not in ClipConfig.PRESETS:
+        raise ValueError(f"model_size: {model_size!r} is not one of {sorted(ClipConfig.PRESETS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     names = [c for c, _ in centers]
     world = sum(n for _, n in centers)
     deadline = time.monotonic() + timeout_s
     if emu is not None and len(names) > 1:
-        ifaces = wan_interfaces(emu, names)
         store_host = emu.address(names[0])
-        ifname = {c: sorted(devs)[0] for c, devs in ifaces.items()}
+        ifname = {c: emu.interface(c) for c in names}
+        counters = lambda: wan_counters(emu, names)  # noqa: E731
     else:  # no WAN: one center alone has only its loopback
-        ifaces = {}
         store_host, ifname = "127.0.0.1", {c: "lo" for c in names}
-    counters = (lambda: wan_counters(emu, ifaces)) if ifaces else (lambda: {})
+        counters = dict
 
     workers: list[_Worker] = []
     t_spawn = t_train0 = time.monotonic()
@@ -256,6 +236,7 @@ def run_ddp(
                         "--center", center, "--center-index", str(ci), "--num-centers", str(len(centers)),
                         "--local-rank", str(local), "--local-workers", str(n), "--steps", str(steps),
                         "--seed", str(seed), "--eval-every", str(eval_every),
+                        "--model-size", model_size, "--batch-size", str(batch_size),
                         "--store-host", store_host, "--gloo-ifname", ifname[center],
                         "--timeout-s", str(timeout_s)]
                 if powersgd_rank is not None:
@@ -306,8 +287,11 @@ def run_ddp(
     finally:
         for w in workers:
             w.stop()
-    return _summarise(centers, steps, emu, powersgd_rank, seed, eval_every, target_loss,
-                      history, samples, before, per_worker, t_train0 - t_spawn)
+    res = _summarise(centers, steps, emu, powersgd_rank, seed, eval_every, target_loss,
+                     history, samples, before, per_worker, t_train0 - t_spawn)
+    res.update(model_size=model_size, batch_size=batch_size,
+               param_count=ClipConfig.preset(model_size).param_count())
+    return res
 
 
 def _summarise(centers, steps, emu, powersgd_rank, seed, eval_every, target_loss, history,
@@ -348,7 +332,6 @@ def _summarise(centers, steps, emu, powersgd_rank, seed, eval_every, target_loss
         "seed": seed,
         "eval_every": eval_every,
         "links": links,
-        "param_count": ClipConfig.preset("tiny").param_count(),
         "history": history,
         "wall_s": rank0["wall_s"],
         "train_s": last["train_s"],
@@ -370,7 +353,8 @@ def _summarise(centers, steps, emu, powersgd_rank, seed, eval_every, target_loss
         "steps_to_target": reached["step"] if reached else None,
         "peak_wan_mbit": peak,
         "peak_link_mbit": peak_link,
-        "note": NOTE_SHAPED if shaped else NOTE_UNSHAPED,
+        "note": (NOTE_SHAPED if emu.latency == "tun" else NOTE_RELAY) if shaped else NOTE_UNSHAPED,
+
     }
 
 
@@ -417,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.shaped:
         names = [c for c, _ in DEMO_CENTERS]
         links = [(a, b, *DEMO_LINK) for a, b in itertools.combinations(names, 2)]
-        with WanEmulator(names, links) as emu:
-            m = emu.measure(names[0], names[1], seconds=1.0)
+        with WanEmulator(names, links, latency="tun") as emu:
+            m = emu.measure(names[0], names[1], seconds=3.0)
             out["measured_link"] = {k: m[k] for k in ("src", "dst", "rate_mbit", "rtt_ms")}
             res = run_ddp(DEMO_CENTERS, args.steps, emu=emu, **kw)
     else:
@@ -430,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         m = out["measured_link"]
         theory = ring_bytes_per_step(DEMO_CENTERS, res["param_count"] * 4)
         print(f"link {m['src']}->{m['dst']} measured {m['rate_mbit']:.1f} Mbit/s, RTT {m['rtt_ms']:.1f} ms "
-              f"(through the relay; gloo sees the rate only)")
+              f"(the path gloo's packets take)")
         steady = res["steady_wan_bytes_per_step"]
         if args.powersgd_rank is None and steady is not None:
             print(f"ring all-reduce theory: {theory / 1e3:.0f} KB/step of fp32 payload on the WAN; "

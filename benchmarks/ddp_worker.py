@@ -126,6 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--model-size", default="tiny", help="ClipConfig preset")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="per-worker batch")
     p.add_argument("--store-host", required=True, help="address of rank 0's TCPStore")
     p.add_argument("--gloo-ifname", required=True,
                    help="interface whose address gloo binds to (becomes GLOO_SOCKET_IFNAME)")
@@ -143,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
 
     train, held = load_digits_pairs(a.seed, eval_fraction=EVAL_FRACTION)
     mine = shard(shard(train, a.center_index, a.num_centers), a.local_rank, a.local_workers)
-    batches = Batches(mine, min(BATCH_SIZE, len(mine)),
+    batches = Batches(mine, min(a.batch_size, len(mine)),
                       seed=a.seed * 1009 + a.center_index * 101 + a.local_rank)
     torch.manual_seed(a.seed)
-    model = ClipModel(ClipConfig.preset("tiny"))
+    model = ClipModel(ClipConfig.preset(a.model_size))
 
     timeout = datetime.timedelta(seconds=a.timeout_s)
     if a.rank == 0:
