@@ -21,7 +21,7 @@ the workers are plain processes on 127.0.0.1 and there is no WAN.
 What is measured (all on rank 0's clock unless said):
 
 * ``history``: at step 0, every ``eval_every`` steps and at the last step, all ranks stop
-  at a barrier, rank 0 evaluates the held-out loss and the parent reads the kernel's byte
+  at a barrier, rank 0 evaluates the held-out loss and the parent reads the emulator's byte
   counters; ``train_s`` excludes those pauses (training time only).
 * WAN bytes are counted, not estimated: :meth:`WanEmulator.link_bytes` of every link
   direction between two of the run's centers, read at each eval point (IP packets the packet

@@ -2,8 +2,8 @@
 
 Run by the parent as ``python -m suanwang.benchmarks.ddp_worker ...``, one process per
 worker, inside its center's network namespace when the WAN is emulated. The worker trains
-the demo job (the tiny CLIP model on the digits pairs, the same data shard, seed, batch and
-inner AdamW as a runtime worker of that center) under ``DistributedDataParallel`` on gloo,
+the demo job (the CLIP model, ``--model-size``, on the digits pairs; the same data shard,
+seed, batch and inner AdamW as a runtime worker of that center) under ``DistributedDataParallel`` on gloo,
 across *all* workers of *all* centers: every step all-reduces the gradients over the WAN.
 
 The conversation with the parent, JSON lines on stdout and plain lines on stdin:

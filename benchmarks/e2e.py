@@ -20,7 +20,7 @@ loss after equal samples" compares like with like. Runs:
 Times exclude evaluation pauses and start-up (training time from the first step). WAN bytes
 for DDP are the emulator's per-link counts (IP packets, headers and ACKs included); for
 suanwang runs the gateways' counts of the gRPC messages they sent (the emulator's total for
-the run is reported beside them as ``wan_bytes_kernel``).
+the run is reported beside them as ``wan_bytes_kernel``, a name kept from the veth days).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _config(spec: dict[str, Any], steps: int, eval_every_rounds: int):
 
 
 def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int = 25) -> dict[str, Any]:
-    """One suanwang run; ``counters()`` returns the kernel's WAN byte count (or None)."""
+    """One suanwang run; ``counters()`` returns the emulator's WAN byte count (or None)."""
     from suanwang.launch.demo import demo_functions
     from suanwang.runtime import Job
 
@@ -196,7 +196,8 @@ def _plot(runs: dict[str, dict[str, Any]], target: float, path: pathlib.Path) ->
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="suanwang bench e2e", description=__doc__.split("\n")[0])
     ap.add_argument("--json", metavar="PATH", default="e2e.json", help="write results (and a PNG beside it)")
-    ap.add_argument("--steps", type=int, default=300, help="inner steps per worker (equal samples)")
+    ap.add_argument("--steps", type=int, default=300,
+                    help="DDP steps per worker; every strategy takes the same samples in all")
     ap.add_argument("--target", type=float, default=TARGET_LOSS, help="target held-out loss")
     ap.add_argument("--runs", default="ddp_unshaped,streaming_unshaped,ddp,ddp_powersgd,sync,diloco,streaming")
     opts = ap.parse_args(argv)
@@ -216,13 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in [r for r in wanted if r.endswith("_unshaped")]:
             t0 = time.time()
             if name.startswith("ddp"):
-                runs[name] = run_ddp(CENTERS, opts.steps, target_loss=opts.target)
+                runs[name] = run_ddp(CENTERS, opts.steps, batch_size=BATCH, target_loss=opts.target)
             else:
                 runs[name] = run_ours(name, opts.steps)
             print(f"{name}: done in {time.time() - t0:.0f} s", flush=True)
         shaped = [r for r in wanted if not r.endswith("_unshaped")]
         if shaped:
-            ok, why = emulator_available()
+            ok, why = emulator_available("tun")
             if not ok:
                 print(f"shaped runs skipped: {why}", file=sys.stderr)
                 shaped = []
@@ -240,9 +241,10 @@ def main(argv: list[str] | None = None) -> int:
                 for name in shaped:
                     t0 = time.time()
                     if name == "ddp":
-                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, target_loss=opts.target)
+                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, batch_size=BATCH, target_loss=opts.target)
                     elif name == "ddp_powersgd":
-                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, powersgd_rank=4, target_loss=opts.target)
+                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, powersgd_rank=4, batch_size=BATCH,
+                                             target_loss=opts.target)
                     else:
                         with BridgedRoutes(emu) as routes:
                             runs[name] = run_ours(name, opts.steps, routes, counters)
@@ -264,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             "util": r["utilization"],
             "peak_Mbit": r["peak_wan_mbit"],
         })
-    print_table(rows, title=f"e2e: target held-out loss {opts.target}, {opts.steps} steps per worker")
+    print_table(rows, title=f"e2e: target held-out loss {opts.target}, samples of {opts.steps} DDP steps")
     ratios = _ratios(runs)
     for k, v in ratios.items():
         print(f"{k}: {v}")
@@ -304,7 +306,7 @@ def by_target(runs: dict[str, dict[str, Any]], a: str = "ddp", b: str = "streami
         (ta, ba), (tb, bb) = to_target(runs[a]["history"], t), to_target(runs[b]["history"], t)
         if ta is None or tb is None:
             continue
-        out.append({"target": t, f"{a}_s": ta, f"{b}_s": tb, "time_ratio": ta / tb,
+        out.append({"target": t, f"{a}_s": ta, f"{b}_s": tb, "time_ratio": ta / tb if tb else None,
                     "bytes_ratio": ba / bb if bb else None})
     return out
 

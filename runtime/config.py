@@ -287,8 +287,8 @@ class JobConfig(_Section):
 
     @property
     def rounds(self) -> int:
-        """Rounds in the job: ``train.steps`` over the strategy's steps per round (a center
-        with its own ``inner_steps`` runs ``rounds * inner_steps`` steps in all)."""
+        """Rounds in the job: ``train.steps`` over the strategy's steps per round; a center
+        with its own ``inner_steps`` runs ``rounds * center_inner_steps(center)`` steps."""
         return -(-self.train.steps // self.inner_steps)
 
     @property

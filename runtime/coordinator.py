@@ -119,7 +119,7 @@ class Coordinator:
         and behind the previous round's results, in each actor's order)."""
         slot = self._slots[r]
         # a center left out of the round before may have this round's work queued already:
-        # it sits this round out (the work is undone when it resyncs)
+        # it sits this round out (that work is overwritten if it resyncs)
         slot["live"] = [c for c in slot["live"] if c.state == "live"]
         names = [c.name for c in slot["live"]]
         deadline = time.time() + self.cfg.wan.round_timeout_s
@@ -156,6 +156,10 @@ class Coordinator:
                 continue
             reports[c.name] = rep
             held[c.name] = rep.held
+        for c in live:
+            if c.state != "live":  # left out after this round was sent (overlap)
+                failures[c.name] = "left out of an earlier round"
+                held.pop(c.name, None)
         decision = decide_round(r, names, held, failures)
         for c, why in decision.excluded.items():
             self._event(f"round {r}: {c} left out: {why}")
@@ -168,7 +172,8 @@ class Coordinator:
     def _finalize(self, r, decision, reports, reduced, stats, t0) -> RoundRecord:
         """Wait until the workers applied round ``r``, record it, bring late centers back."""
         rec = self._record(r, decision, reports, reduced, stats, t0)
-        self._catch_up(r, decision.participants[0])
+        applied = [c for c in rec.participants if self.centers[c].state == "live"]
+        self._catch_up(r, applied[0] if applied else None)
         return rec
 
     def run_round(self, r: int, evaluate: bool) -> RoundRecord:
@@ -210,7 +215,7 @@ class Coordinator:
                     continue
                 result = c.gateway.abort.remote(r) if failed else c.gateway.finish.remote(r)
                 self._applied[c.name] = [w.apply.remote(result, verify) for w in c.workers]
-            else:
+            elif c.state != "dead":
                 # Its work for this round may still be running: queue the skip behind it,
                 # then watch the gateway and resync the center once it is idle again.
                 c.gateway.skip.remote(r)
@@ -218,6 +223,7 @@ class Coordinator:
                 c.pending = c.gateway.stats.remote()
                 c.missed_round = r
         first = next(iter(self._applied), None)
+        self._eval_center = first if evaluate else None
         self._eval_ref = self.centers[first].leader.evaluate.remote() if evaluate and first else None
         self.abandoned = bool(failed)
 
@@ -238,7 +244,9 @@ class Coordinator:
 
     def _record(self, r, decision, reports, reduced, stats, t_round) -> RoundRecord:
         digests = self._applied_digests(r)
-        parts = [c for c in decision.participants if c in digests]
+        # every center whose payload was reduced took part, even one that then applied the
+        # result too late (it is left out from the next round on)
+        parts = [c for c in decision.participants if c in self._applied]
         flat = {d for ds in digests.values() for d in ds if d}
         if len(flat) > 1:
             self.params_agree = False
@@ -265,7 +273,12 @@ class Coordinator:
             tot.wait_s += rep.encode_s + rep.wait_s + (red.seconds if red is not None else 0.0)
             per_center[name] = {"steps": tot.steps, "loss": st.loss, "wan_bytes_sent": tot.wan_bytes_sent}
         t_eval = time.perf_counter()
-        eval_loss = ray.get(self._eval_ref) if self._eval_ref is not None else None
+        eval_loss = None
+        if self._eval_ref is not None and self._eval_center in digests:
+            try:
+                eval_loss = ray.get(self._eval_ref, timeout=self.cfg.wan.round_timeout_s + _GRACE_S)
+            except (GetTimeoutError, RayActorError, RayTaskError) as err:
+                self._event(f"round {r}: evaluation on {self._eval_center} failed: {type(err).__name__}")
         eval_s = time.perf_counter() - t_eval
         rec = RoundRecord(
             round=r,
@@ -348,7 +361,11 @@ class Coordinator:
         work(r+2), ...``: round ``r``'s exchange runs during ``work(r+1)`` and its result is
         applied one round late. Everything a worker runs next is queued before the
         coordinator waits on anything that worker still has to do, so a worker never idles
-        on the coordinator's own bookkeeping (the agreement digests, the evaluation)."""
+        on the coordinator's own bookkeeping (the agreement digests, the evaluation).
+
+        A round's deadline (``wan.round_timeout_s``) starts when its contribution is queued,
+        while the worker still computes the slot before it: it bounds the rest of that
+        slot's compute as well as the exchange, as it does without overlap."""
         if start >= rounds:
             return
         self._work(start)

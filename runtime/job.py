@@ -220,8 +220,9 @@ class Job:
 
     # ------------------------------------------------------------------ run
     def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> JobResult:
-        """Train to ``train.steps`` inner steps per center; always releases every actor,
-        placement group and (if it started it) the local Ray instance, also on Ctrl+C.
+        """Train for ``cfg.rounds`` rounds (``train.steps`` of the strategy's inner steps);
+        always releases every actor, placement group and (if it started it) the local Ray
+        instance, also on Ctrl+C.
 
         Raises:
             RuntimeError: no center can complete a round, or the centers disagree on

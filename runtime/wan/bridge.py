@@ -8,11 +8,12 @@ namespaced:
 * inbound: it listens on TCP ``0.0.0.0:PORT`` inside the namespace and forwards every
   connection to the center's gateway, which listens on a Unix socket;
 * outbound: for each peer it listens on a Unix socket and forwards every connection to
-  ``emu.endpoint(center, peer, PORT)`` (the delaying relay), which crosses the shaped veth
-  to the peer's bridge.
+  ``emu.endpoint(center, peer, PORT)``, which leads to the peer's bridge across the link:
+  through the delaying relay and the shaped veth (``latency="relay"``), or straight to the
+  peer's address through the packet delayer (``latency="tun"``).
 
-So a gateway-to-gateway byte takes the path a real WAN byte would: shaped by the kernel,
-delayed by the relay, counted on the veth. :class:`BridgedRoutes` starts the bridges and
+So a gateway-to-gateway byte takes the path a real WAN byte would: shaped to the link's
+rate, delayed by its RTT, counted by the emulator. :class:`BridgedRoutes` starts the bridges and
 tells the job where each gateway listens and whom it dials.
 
 Run as a program: ``python -m suanwang.runtime.wan.bridge --port P --gateway UNIX

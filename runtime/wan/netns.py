@@ -75,11 +75,12 @@ def _alive(pid: int) -> bool:
 _AVAILABLE: tuple[bool, str] | None = None
 
 
-def emulator_available() -> tuple[bool, str]:
-    """Whether a :class:`WanEmulator` can be created here, and if not, why.
+def emulator_available(latency: str = "relay") -> tuple[bool, str]:
+    """Whether a :class:`WanEmulator` with ``latency`` can be created here, and if not, why.
 
     Checks root, the ``ip`` and ``tc`` tools, and actually creates (then removes) a probe
-    namespace with a tbf-shaped veth pair. The answer is cached for the process.
+    namespace with a tbf-shaped veth pair; for ``latency="tun"`` also the TUN driver
+    (``/dev/net/tun``). The answer is cached for the process.
 
     Returns:
         ``(True, "")`` or ``(False, reason)``.
@@ -87,6 +88,8 @@ def emulator_available() -> tuple[bool, str]:
     global _AVAILABLE
     if _AVAILABLE is None:
         _AVAILABLE = _check_available()
+    if _AVAILABLE[0] and latency == "tun" and not os.path.exists("/dev/net/tun"):
+        return False, "latency='tun' needs the TUN driver: /dev/net/tun does not exist"
     return _AVAILABLE
 
 

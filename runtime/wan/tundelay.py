@@ -332,6 +332,7 @@ class DelayerClient:
         self.proc = subprocess.Popen([python, "-m", MODULE], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE)
         self._lock = threading.Lock()
+        self._out_of_step = ""  # set when a reply did not come in time: later ones would be stale
         cfg = {"mtu": mtu,
                "centers": [{"center": c, "netns": p, "address": a} for c, p, a in centers],
                "links": [{"src": s, "dst": d, "rate_bps": r, "delay_s": t}
@@ -356,13 +357,20 @@ class DelayerClient:
 
     def _send(self, req: dict, timeout: float) -> dict:
         with self._lock:
+            if self._out_of_step:
+                raise EmulatorError(f"packet delayer: no answers after an earlier one was late ({self._out_of_step})")
             assert self.proc.stdin is not None
             try:
                 self.proc.stdin.write((json.dumps(req) + "\n").encode())
                 self.proc.stdin.flush()
             except (BrokenPipeError, ValueError):
                 raise EmulatorError(f"packet delayer is gone ({self.proc.poll()})") from None
-            return json.loads(read_line(self.proc, timeout))
+            try:
+                return json.loads(read_line(self.proc, timeout))
+            except EmulatorError as err:
+                # a late reply would be read as the answer to the next request
+                self._out_of_step = str(err)
+                raise
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the delayer (it exits when its stdin closes; killed after ``timeout``)."""

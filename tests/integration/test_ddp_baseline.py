@@ -13,6 +13,7 @@ broken setup fails: traffic not crossing the veths (0x), a star or all-to-all sc
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -85,6 +86,7 @@ def test_bad_arguments() -> None:
 
 
 @pytest.mark.root
+@pytest.mark.skipif(not os.path.exists("/dev/net/tun"), reason="no /dev/net/tun (TUN driver)")
 def test_shaped_counts_ring_bytes_and_pays_the_rtt(wan) -> None:
     names = [c for c, _ in DEMO_CENTERS]
     emu = wan(names, [(a, b, 100, 40) for i, a in enumerate(names) for b in names[i + 1:]],

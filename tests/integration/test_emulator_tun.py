@@ -232,8 +232,13 @@ def test_cleanup_stale_stops_a_crashed_runs_delayer() -> None:
     owner.kill()
     owner.wait()
     owner.stdout.close()
-    assert _running(info["delayer"])
-    removed = cleanup_stale(DEFAULT_PREFIX)
-    assert set(info["ns"]) <= set(removed), removed
-    assert not _running(info["delayer"])
-    assert not os.path.exists(f"{_STATE_DIR}/{info['prefix']}.pid")
+    try:
+        assert _running(info["delayer"])
+        removed = cleanup_stale(DEFAULT_PREFIX)
+        assert set(info["ns"]) <= set(removed), removed
+        assert not _running(info["delayer"])
+        assert not os.path.exists(f"{_STATE_DIR}/{info['prefix']}.pid")
+    finally:  # whatever failed above, leave no stopped delayer behind
+        if _running(info["delayer"]):
+            os.kill(info["delayer"], signal.SIGKILL)
+        cleanup_stale(DEFAULT_PREFIX)
