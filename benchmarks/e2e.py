@@ -42,11 +42,10 @@ BATCH = 32  # per worker, as in the demo config
 # inner steps. Streaming: fragments of a third of the model, each synced every 30 inner
 # steps (one every 10), int4, all-gathered (one 20 ms hop; a 3-center ring is 4 dependent
 # hops, ~4x the latency for 2/3 of the bytes, and the payloads here are tens of KB, so
-# latency, not rate, is what the round has to hide). The 2-worker center steps ~1.6x slower
+# latency, not rate, is what the round has to hide). The 2-worker center steps ~1.5x slower
 # on this 2-core host (its workers all-reduce every step and share the cores with two more
-# workers), so the 1-worker centers run 48 inner steps per fragment cycle where it runs 30
-# (16 vs 10 per slot) instead of waiting for it. Measured on the emulated links: busy
-# fractions 0.90-0.91 each with 48 (45: 0.84-0.92; 42: 0.77-0.91).
+# workers), so the 1-worker centers run 45 inner steps per fragment cycle where it runs 30
+# (15 vs 10 per slot) instead of waiting for it: measured busy fractions 0.94-0.95 each.
 STRATEGIES: dict[str, dict[str, Any]] = {
     "sync": {"strategy": {"kind": "sync"}, "codec": "int8", "inner": {}},
     "diloco": {
@@ -58,7 +57,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
             "kind": "streaming", "inner_steps": 30, "fragments": 3, "overlap": 1, "mix": 0.5,
             "outer_lr": 0.7, "outer_momentum": 0.9,
         },
-        "codec": "int4", "schedule": "gather", "inner": {"wuhan": 48, "xian": 48},
+        "codec": "int4", "schedule": "gather", "inner": {"wuhan": 45, "xian": 45},
     },
 }
 # The held-out loss DDP reaches about halfway through the default 300 steps.
