@@ -141,6 +141,10 @@ def test_ctrl_c_stops_the_whole_job(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "suanwang.launch.cli", "run"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+        # A shell starts background jobs with SIGINT ignored (POSIX) and children inherit
+        # that, so under `cmd &` or nohup the CLI would never see this Ctrl+C: give it the
+        # default disposition a terminal user's process has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     procs = []
     try:
