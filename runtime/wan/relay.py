@@ -381,7 +381,59 @@ def read_line(proc: subprocess.Popen, timeout: float) -> bytes:
     return buf
 
 
-class RelayClient:
+class JsonLinesProcess:
+    """A child process driven by JSON lines: one request on its stdin, one reply line on
+    its stdout. It exits when its stdin closes.
+
+    A reply that does not come within its timeout leaves the channel out of step (a late
+    reply would be read as the answer to the next request), so every later request fails.
+    """
+
+    def __init__(self, argv: Sequence[str], name: str) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._lock = threading.Lock()
+        self._out_of_step = ""
+
+    def _send(self, req: dict, timeout: float) -> dict:
+        """Send ``req`` (``None``: send nothing) and return the next reply."""
+        with self._lock:
+            if self._out_of_step:
+                raise EmulatorError(f"{self.name}: no answers after an earlier one was late ({self._out_of_step})")
+            if req is not None:
+                assert self.proc.stdin is not None
+                try:
+                    self.proc.stdin.write((json.dumps(req) + "\n").encode())
+                    self.proc.stdin.flush()
+                except (BrokenPipeError, ValueError):
+                    raise EmulatorError(f"{self.name} is gone ({self.proc.poll()})") from None
+            try:
+                return json.loads(read_line(self.proc, timeout))
+            except EmulatorError as err:
+                self._out_of_step = str(err)
+                raise
+
+    def _request(self, req: dict, timeout: float = 10.0) -> dict:
+        """:meth:`_send`, failing unless the reply says ``ok``."""
+        msg = self._send(req, timeout)
+        if not msg.get("ok"):
+            raise EmulatorError(f"{self.name} refused {req.get('op')}: {msg.get('error')}")
+        return msg
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the process (close its stdin; killed after ``timeout``)."""
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=timeout)
+        except (subprocess.TimeoutExpired, OSError):
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class RelayClient(JsonLinesProcess):
     """Starts a relay process and drives it over its stdin/stdout.
 
     Args:
@@ -393,15 +445,12 @@ class RelayClient:
 
     def __init__(self, prefix: Sequence[str] = (), *, python: str = sys.executable,
                  bind: str = "127.0.0.1", wait: bool = True) -> None:
-        self.proc = subprocess.Popen(
-            [*prefix, python, "-m", MODULE, "relay", "--bind", bind],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._lock = threading.Lock()
+        super().__init__([*prefix, python, "-m", MODULE, "relay", "--bind", bind], "relay")
         if wait:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        msg = json.loads(read_line(self.proc, timeout))
+        msg = self._send(None, timeout)
         if not msg.get("ready"):
             raise EmulatorError(f"relay did not start: {msg}")
 
@@ -413,31 +462,6 @@ class RelayClient:
     def unlisten(self, port: int) -> None:
         """Close the listener on ``port`` and abort its connections."""
         self._request({"op": "close", "port": port})
-
-    def _request(self, req: dict, timeout: float = 10.0) -> dict:
-        with self._lock:
-            assert self.proc.stdin is not None
-            try:
-                self.proc.stdin.write((json.dumps(req) + "\n").encode())
-                self.proc.stdin.flush()
-            except (BrokenPipeError, ValueError):
-                raise EmulatorError(f"relay is gone ({self.proc.poll()})") from None
-            msg = json.loads(read_line(self.proc, timeout))
-        if not msg.get("ok"):
-            raise EmulatorError(f"relay refused {req}: {msg.get('error')}")
-        return msg
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Stop the relay (it exits when its stdin closes; killed after ``timeout``)."""
-        try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-            self.proc.wait(timeout=timeout)
-        except (subprocess.TimeoutExpired, OSError):
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 # ---------------------------------------------------------------------------------------

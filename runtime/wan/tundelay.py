@@ -52,14 +52,12 @@ import os
 import select
 import socket
 import struct
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from suanwang.runtime.wan.relay import EmulatorError, read_line
+from suanwang.runtime.wan.relay import EmulatorError, JsonLinesProcess
 
 MODULE = "suanwang.runtime.wan.tundelay"
 DEVICE = "wan0"
@@ -312,7 +310,7 @@ def _serve() -> int:
 # Control client
 
 
-class DelayerClient:
+class DelayerClient(JsonLinesProcess):
     """Starts the delayer (in this namespace) and drives it over its stdin/stdout.
 
     Args:
@@ -329,10 +327,7 @@ class DelayerClient:
     def __init__(self, centers: Sequence[tuple[str, str, str]],
                  links: Sequence[tuple[str, str, float, float]], *, mtu: int = DEFAULT_MTU,
                  python: str = sys.executable, timeout: float = 30.0) -> None:
-        self.proc = subprocess.Popen([python, "-m", MODULE], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE)
-        self._lock = threading.Lock()
-        self._out_of_step = ""  # set when a reply did not come in time: later ones would be stale
+        super().__init__([python, "-m", MODULE], "packet delayer")
         cfg = {"mtu": mtu,
                "centers": [{"center": c, "netns": p, "address": a} for c, p, a in centers],
                "links": [{"src": s, "dst": d, "rate_bps": r, "delay_s": t}
@@ -350,39 +345,7 @@ class DelayerClient:
 
     def stats(self) -> dict[str, Any]:
         """The delayer's counters (see the module doc)."""
-        msg = self._send({"op": "stats"}, 10.0)
-        if not msg.get("ok"):
-            raise EmulatorError(f"packet delayer refused stats: {msg.get('error')}")
-        return msg
-
-    def _send(self, req: dict, timeout: float) -> dict:
-        with self._lock:
-            if self._out_of_step:
-                raise EmulatorError(f"packet delayer: no answers after an earlier one was late ({self._out_of_step})")
-            assert self.proc.stdin is not None
-            try:
-                self.proc.stdin.write((json.dumps(req) + "\n").encode())
-                self.proc.stdin.flush()
-            except (BrokenPipeError, ValueError):
-                raise EmulatorError(f"packet delayer is gone ({self.proc.poll()})") from None
-            try:
-                return json.loads(read_line(self.proc, timeout))
-            except EmulatorError as err:
-                # a late reply would be read as the answer to the next request
-                self._out_of_step = str(err)
-                raise
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Stop the delayer (it exits when its stdin closes; killed after ``timeout``)."""
-        try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-            self.proc.wait(timeout=timeout)
-        except (subprocess.TimeoutExpired, OSError):
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        return self._request({"op": "stats"})
 
 
 def main() -> int:
