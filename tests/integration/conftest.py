@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -39,3 +42,29 @@ def wan(_stale_emulators_removed: None) -> Iterator[Callable[..., WanEmulator]]:
     yield make
     for emu in made:
         emu.close()
+
+
+_DIAL = textwrap.dedent("""
+    import socket, sys
+    for host in sys.argv[1:]:
+        try:
+            socket.create_connection((host, 9), timeout=1).close()
+            print("open")
+        except ConnectionRefusedError:
+            print("refused")  # the host answered: there is a route
+        except OSError as exc:
+            print(type(exc).__name__)
+""")
+
+
+@pytest.fixture
+def dial() -> Callable[..., list[str]]:
+    """``dial(emu, src, *centers)``: from ``src``'s namespace, a TCP connect to port 9 of
+    each center's address; per center ``"refused"`` (reachable, nothing listening),
+    ``"open"`` or the error's name (e.g. ``TimeoutError``: no route)."""
+
+    def run(emu: WanEmulator, src: str, *centers: str) -> list[str]:
+        argv = [sys.executable, "-c", _DIAL, *(emu.address(c) for c in centers)]
+        return emu.popen(src, argv, stdout=subprocess.PIPE, text=True).communicate(timeout=10)[0].split()
+
+    return run

@@ -158,7 +158,7 @@ def test_1gbit_10ms_is_not_limited_by_the_relay(wan) -> None:
 
 
 @pytest.mark.root
-def test_topology_routes_only_over_links(wan) -> None:
+def test_topology_routes_only_over_links(wan, dial) -> None:
     emu = wan(["a", "b", "c"], [("a", "b", 50, 10), ("b", "c", 20, 30)])
     qdisc = subprocess.run(["tc", "-n", emu.namespace("b"), "qdisc", "show"],
                            capture_output=True, text=True, check=True).stdout
@@ -166,19 +166,7 @@ def test_topology_routes_only_over_links(wan) -> None:
     with pytest.raises(KeyError, match="no link"):
         emu.endpoint("a", "c", 80)
     # A direct dial reaches a linked center (shaped, undelayed) and not an unlinked one.
-    probe = textwrap.dedent("""
-        import socket, sys
-        for host in sys.argv[1:]:
-            try:
-                socket.create_connection((host, 9), timeout=1).close()
-                print("open")
-            except ConnectionRefusedError:
-                print("refused")  # the host answered: there is a route
-            except OSError as exc:
-                print(type(exc).__name__)
-    """)
-    out = emu.popen("a", [sys.executable, "-c", probe, emu.address("b"), emu.address("c")],
-                    stdout=subprocess.PIPE, text=True).communicate(timeout=10)[0].split()
+    out = dial(emu, "a", "b", "c")
     assert out[0] == "refused" and out[1] != "refused", out
 
 
