@@ -121,7 +121,7 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
 
     res = Job(cfg, demo_functions(cfg), routes=routes).run(on_round=on_round)
     train_s = history[-1]["train_s"] if history else float("nan")
-    util = min(c.compute_s / train_s for c in res.centers.values()) if history else float("nan")
+    busy = {n: c.compute_s / train_s for n, c in res.centers.items()} if history else {}
     return {
         "history": [{"train_s": 0.0, "samples": 0, "eval_loss": res.initial_eval_loss, "wan_bytes": 0}, *history],
         "train_s": train_s,
@@ -130,14 +130,14 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
         "wan_bytes": res.wan_bytes,
         "wan_bytes_kernel": (counters() - k0) if counters else 0,
         "samples": state["samples"],
-        "utilization": util,
+        "utilization": min(busy.values(), default=float("nan")),
         "peak_wan_mbit": state["peak"],
         "params_agree": res.params_agree,
         "rounds": res.rounds,
         "strategy": spec["strategy"],
         "codec": spec["codec"],
         "inner_steps_per_round": {n: cfg.center_inner_steps(n) for n, _ in CENTERS},
-        "busy": {n: c.compute_s / train_s for n, c in res.centers.items()} if history else {},
+        "busy": busy,
     }
 
 
