@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -43,6 +43,17 @@ class CenterHandle:
     @property
     def leader(self):
         return self.workers[0]
+
+
+class _Committed(NamedTuple):
+    """A round decided, reduced and queued on the workers, not yet recorded."""
+
+    round: int
+    decision: RoundDecision
+    reports: dict
+    reduced: dict
+    stats: dict
+    t0: float
 
 
 class Coordinator:
@@ -132,9 +143,9 @@ class Coordinator:
     def _complete(self, r: int, evaluate: bool) -> RoundRecord:
         """Decide who takes part in round ``r``, reduce, queue the result on the workers and
         record the round once they have applied it."""
-        return self._finalize(*self._commit(r, evaluate))
+        return self._finalize(self._commit(r, evaluate))
 
-    def _commit(self, r: int, evaluate: bool) -> tuple:
+    def _commit(self, r: int, evaluate: bool) -> _Committed:
         """Decide who takes part in round ``r``, reduce, and queue the result on the workers
         (without waiting for them to apply it)."""
         cfg = self.cfg
@@ -167,13 +178,13 @@ class Coordinator:
             raise RuntimeError(f"round {r}: no center can commit: {dict(decision.excluded)}")
         reduced = self._reduce(r, decision, reports)
         self._apply(r, decision, live, reduced, evaluate)
-        return r, decision, reports, reduced, stats, slot["t0"]
+        return _Committed(r, decision, reports, reduced, stats, slot["t0"])
 
-    def _finalize(self, r, decision, reports, reduced, stats, t0) -> RoundRecord:
-        """Wait until the workers applied round ``r``, record it, bring late centers back."""
-        rec = self._record(r, decision, reports, reduced, stats, t0)
-        applied = [c for c in rec.participants if self.centers[c].state == "live"]
-        self._catch_up(r, applied[0] if applied else None)
+    def _finalize(self, c: _Committed) -> RoundRecord:
+        """Wait until the workers applied round ``c.round``, record it, bring late centers back."""
+        rec = self._record(c.round, c.decision, c.reports, c.reduced, c.stats, c.t0)
+        applied = [n for n in rec.participants if self.centers[n].state == "live"]
+        self._catch_up(c.round, applied[0] if applied else None)
         return rec
 
     def run_round(self, r: int, evaluate: bool) -> RoundRecord:
@@ -378,4 +389,4 @@ class Coordinator:
                 self._send(r + 1)
                 if r + 2 < rounds:
                     self._work(r + 2)
-            self._finalize(*committed)
+            self._finalize(committed)
