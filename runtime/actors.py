@@ -51,8 +51,11 @@ class WorkerActor:
     def params_vector(self):
         return self.w.params_vector()
 
-    def local_work(self, round: int):
-        return self.w.local_work(round)
+    def eval_state(self):
+        return self.w.eval_state()
+
+    def local_work(self, round: int, steps: int | None = None, until: float | None = None, contribute: bool = False):
+        return self.w.local_work(round, steps, until, contribute)
 
     def contribution(self):
         return self.w.contribution()
@@ -96,7 +99,7 @@ class GatewayActor:
         return self.g.init(params)
 
     def contribute(self, round: int, tensor, stats, deadline: float, live: list[str]):
-        return self.g.contribute(round, tensor, stats.samples, deadline, live)
+        return self.g.contribute(round, tensor, stats.contribution_weight, deadline, live)
 
     def measure_links(self) -> dict:
         return self.g.measure_links()
@@ -119,6 +122,10 @@ class GatewayActor:
     def stats(self) -> dict:
         return self.g.stats()
 
+    def global_params(self):
+        """The global parameters this gateway holds (diloco, streaming), for evaluation."""
+        return self.g.strategy.state()["params"].clone()
+
     def save(self, path: str) -> None:
         self.g.save(path)
 
@@ -127,3 +134,17 @@ class GatewayActor:
 
     def close(self) -> None:
         self.g.close()
+
+
+@ray.remote
+class EvaluatorActor:
+    """Ray shell of :class:`suanwang.runtime.worker.Evaluator`."""
+
+    def __init__(self, cfg: JobConfig, fns: JobFunctions):
+        _setup_logging()
+        from suanwang.runtime.worker import Evaluator
+
+        self.e = Evaluator(cfg, fns)
+
+    def evaluate(self, flat) -> float:
+        return self.e.evaluate(flat)

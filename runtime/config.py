@@ -113,6 +113,10 @@ class StreamingStrategy(_Section):
     inner_steps: Annotated[int, Field(ge=1)] = 20
     fragments: Annotated[int, Field(ge=1, le=1024)] = 4
     overlap: Literal[0, 1] = 1
+    # time-boxed slots: every center runs inner steps until the slot's wall-clock deadline
+    # (at least one, at most twice its counted steps) instead of a fixed count; the
+    # reduction weights by samples taken (see suanwang.runtime.slots)
+    slot_s: Annotated[float, Field(gt=0)] | None = None
     mix: Annotated[float, Field(ge=0, le=1)] = 0.5
     outer_lr: Annotated[float, Field(gt=0)] = 0.7
     outer_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
@@ -160,7 +164,13 @@ class TrainConfig(_Section):
     """How long to train."""
 
     steps: Annotated[int, Field(ge=1)] = 200
+    # stop once the centers have taken this many samples in all (diloco, streaming); the
+    # last round's steps are cut to fill it. Default: the rounds that train.steps makes.
+    samples: Annotated[int, Field(ge=1)] | None = None
     eval_every_rounds: Annotated[int, Field(ge=1)] = 1
+    # where held-out evaluations run: on the first center's leader (it pauses training for
+    # them) or on a separate CPU evaluator actor, off the training path
+    eval_on: Literal["leader", "evaluator"] = "leader"
     # check (SHA-256 of the parameters) that every center holds the same state every N
     # rounds and at every evaluation; 0: only at evaluations
     verify_every_rounds: Annotated[int, Field(ge=0)] = 1
@@ -265,6 +275,8 @@ class JobConfig(_Section):
                     f"centers[{i}].inner_steps: {c.inner_steps} is not a multiple of "
                     f"strategy.fragments ({self.strategy.fragments})"
                 )
+        if self.train.samples is not None and isinstance(self.strategy, SyncStrategy):
+            raise ValueError("train.samples: strategy sync takes one step per round; a sample budget needs diloco or streaming")
         for a, b in itertools.combinations(names, 2):
             if frozenset((a, b)) not in pairs:
                 raise ValueError(f"links: no link declared between {a!r} and {b!r}")
@@ -285,10 +297,19 @@ class JobConfig(_Section):
             return (own or self.strategy.inner_steps) // self.strategy.fragments
         return 1
 
+    def samples_per_step(self, center: str) -> int:
+        """Samples one inner step of ``center`` takes (every worker's batch)."""
+        return self.data.batch_size * next(c.workers for c in self.centers if c.name == center)
+
     @property
     def rounds(self) -> int:
         """Rounds in the job: ``train.steps`` over the strategy's steps per round; a center
-        with its own ``inner_steps`` runs ``rounds * center_inner_steps(center)`` steps."""
+        with its own ``inner_steps`` runs ``rounds * center_inner_steps(center)`` steps.
+        With ``train.samples``, the rounds that budget takes at the counted steps (the
+        job itself stops on the budget: time-boxed slots take more or fewer)."""
+        if self.train.samples is not None:
+            per_round = sum(self.samples_per_step(c.name) * self.center_inner_steps(c.name) for c in self.centers)
+            return -(-self.train.samples // per_round)
         return -(-self.train.steps // self.inner_steps)
 
     @property

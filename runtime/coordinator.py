@@ -22,6 +22,7 @@ from suanwang.runtime.checkpoint import Manifest
 from suanwang.runtime.config import DilocoStrategy, JobConfig
 from suanwang.runtime.policy import RoundDecision, decide_round
 from suanwang.runtime.results import CenterTotals, RoundRecord
+from suanwang.runtime.slots import WAIT, SlotPlan, SlotPlanner
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ class Coordinator:
         self.wan_bytes = 0
         self.t0 = time.perf_counter()
         self._slots: dict[int, dict] = {}
+        self._stats: dict[int, dict] = {}  # round -> center -> ref of its LocalStats
+        self.planner: SlotPlanner | None = None
+        self.evaluator = None  # an EvaluatorActor (train.eval_on: evaluator), else the leader evaluates
 
     def _event(self, msg: str) -> None:
         log.warning(msg)
@@ -112,18 +116,70 @@ class Coordinator:
             c.state = "live"
             self._event(f"{c.name}: rejoined at round {last_round + 1} with state fetched from {source}")
 
-    # ------------------------------------------------------------------ one round
     # ------------------------------------------------------------------ one round (slot)
-    def _work(self, r: int) -> None:
-        """Start round ``r``'s local work on every live center."""
+    def _start_planner(self) -> None:
+        cfg = self.cfg
+        names = [c.name for c in cfg.centers]
+        self.planner = SlotPlanner(
+            {n: cfg.center_inner_steps(n) for n in names},
+            {n: cfg.samples_per_step(n) for n in names},
+            slot_s=getattr(cfg.strategy, "slot_s", None),
+            budget=cfg.train.samples,
+            origin=time.time(),
+            spent=sum(t.samples for t in self.totals.values()),
+        )
+
+    def _queue(self, r: int) -> bool:
+        """Plan round ``r`` and start its local work; ``False``: the sample budget is spent
+        and there is no round ``r``."""
         live = [c for c in self.centers.values() if c.state == "live"]
         if not live:
             raise RuntimeError(f"round {r}: no live center left")
-        self._slots[r] = {
-            "live": live,
-            "t0": time.perf_counter(),
-            "stats": {c.name: [w.local_work.remote(r) for w in c.workers][0] for c in live},
-        }
+        plan = self.planner.plan(r, [c.name for c in live])
+        while plan is WAIT:  # near the budget: learn what the rounds in flight took
+            self._observe(self.planner.inflight()[0])
+            plan = self.planner.plan(r, [c.name for c in live])
+        if plan is None:
+            return False
+        self._work(r, [c for c in live if c.name in plan], plan)
+        return True
+
+    def _observe(self, r: int, names: list[str] | None = None) -> None:
+        """Tell the planner the samples round ``r``'s centers (``names``: default all)
+        took; a center whose local work failed counts none."""
+        refs = self._stats.pop(r, None)
+        if refs is None:  # observed already (the planner ignores a round it no longer holds)
+            self.planner.observe(r, 0)
+            return
+        samples = 0
+        for name, ref in refs.items():
+            if names is not None and name not in names:
+                continue
+            try:
+                samples += ray.get(ref, timeout=self.cfg.wan.round_timeout_s + _GRACE_S).samples
+            except (GetTimeoutError, RayActorError, RayTaskError):
+                pass
+        self.planner.observe(r, samples)
+
+    def _work(self, r: int, live: list[CenterHandle], plan: dict[str, SlotPlan]) -> None:
+        """Start round ``r``'s local work on the centers ``live``, within ``plan``. The
+        leader returns its contribution with its stats unless a result it must apply first
+        comes in between (overlap with a single fragment: see :meth:`_run_overlapped`)."""
+        s = self.cfg.strategy
+        fused = not getattr(s, "overlap", 0) or getattr(s, "fragments", 1) > 1
+        stats, contrib = {}, {}
+        for c in live:
+            p = plan[c.name]
+            if fused:
+                stats[c.name], contrib[c.name] = c.leader.local_work.options(num_returns=2).remote(
+                    r, p.steps, p.until, True
+                )
+            else:
+                stats[c.name] = c.leader.local_work.remote(r, p.steps, p.until)
+            for w in c.workers[1:]:
+                w.local_work.remote(r, p.steps, p.until)
+        self._slots[r] = {"live": live, "t0": time.perf_counter(), "stats": stats, "fused": contrib}
+        self._stats[r] = stats
 
     def _send(self, r: int) -> None:
         """Hand round ``r``'s contributions to the gateways (queued behind the local work
@@ -136,7 +192,9 @@ class Coordinator:
         deadline = time.time() + self.cfg.wan.round_timeout_s
         slot["deadline"] = deadline
         slot["contrib"] = {
-            c.name: c.gateway.contribute.remote(r, c.leader.contribution.remote(), slot["stats"][c.name], deadline, names)
+            c.name: c.gateway.contribute.remote(
+                r, slot["fused"].get(c.name) or c.leader.contribution.remote(), slot["stats"][c.name], deadline, names
+            )
             for c in slot["live"]
         }
 
@@ -187,11 +245,16 @@ class Coordinator:
         self._catch_up(c.round, applied[0] if applied else None)
         return rec
 
-    def run_round(self, r: int, evaluate: bool) -> RoundRecord:
-        """One round without overlap: work, send, complete."""
-        self._work(r)
+    def run_round(self, r: int, evaluate: bool) -> RoundRecord | None:
+        """One round without overlap: work, send, complete; ``None`` when the sample budget
+        leaves no round ``r``."""
+        if self.planner is None:
+            self._start_planner()
+        if not self._queue(r):
+            return None
         self._send(r)
-        return self._complete(r, evaluate)
+        # the budget's last round is always evaluated
+        return self._complete(r, evaluate or self.planner.finished)
 
     def _reduce(self, r: int, decision: RoundDecision, reports) -> dict:
         """Every participant reduces; returns their reports (a failure as ``None``)."""
@@ -235,7 +298,7 @@ class Coordinator:
                 c.missed_round = r
         first = next(iter(self._applied), None)
         self._eval_center = first if evaluate else None
-        self._eval_ref = self.centers[first].leader.evaluate.remote() if evaluate and first else None
+        self._eval_ref = self._evaluate(self.centers[first]) if evaluate and first else None
         self.abandoned = bool(failed)
 
     def _applied_digests(self, r: int) -> dict[str, list[str]]:
@@ -282,7 +345,10 @@ class Coordinator:
             tot.steps += st.steps
             tot.compute_s += st.compute_s
             tot.wait_s += rep.encode_s + rep.wait_s + (red.seconds if red is not None else 0.0)
-            per_center[name] = {"steps": tot.steps, "loss": st.loss, "wan_bytes_sent": tot.wan_bytes_sent}
+            per_center[name] = {
+                "steps": tot.steps, "samples": tot.samples, "loss": st.loss, "wan_bytes_sent": tot.wan_bytes_sent,
+            }
+        self._observe(r, parts)
         t_eval = time.perf_counter()
         eval_loss = None
         if self._eval_ref is not None and self._eval_center in digests:
@@ -354,39 +420,69 @@ class Coordinator:
         log.info("round %d: checkpoint sealed at %s", r, path)
 
     def run(self, rounds: int, eval_every: int, start: int = 0, numel: int = 0) -> None:
-        """Run rounds ``start..rounds-1``. With ``overlap`` (streaming), round ``r``'s
-        exchange runs while the workers compute round ``r + 1``, and its result is applied
-        one round late."""
+        """Run rounds ``start..rounds-1``, or fewer when ``train.samples`` is spent first.
+        With ``overlap`` (streaming), round ``r``'s exchange runs while the workers compute
+        round ``r + 1``, and its result is applied one round late."""
         every = self.cfg.checkpoint.every_rounds
+        self._start_planner()
         if getattr(self.cfg.strategy, "overlap", 0):
             self._run_overlapped(rounds, eval_every, start)
-            return
-        for r in range(start, rounds):
-            evaluate = (r + 1) % eval_every == 0 or r == rounds - 1
-            self.run_round(r, evaluate)
-            if every and (r + 1) % every == 0 and r != rounds - 1:
-                self.checkpoint(r, numel)
+        else:
+            for r in range(start, rounds):
+                if self.run_round(r, (r + 1) % eval_every == 0 or r == rounds - 1) is None:
+                    break
+                if every and (r + 1) % every == 0 and r != rounds - 1 and not self.planner.finished:
+                    self.checkpoint(r, numel)
+        self._evaluate_last()
 
     def _run_overlapped(self, rounds: int, eval_every: int, start: int) -> None:
-        """Each worker's actor queue reads ``work(r+1), apply(r), contribution(r+1),
-        work(r+2), ...``: round ``r``'s exchange runs during ``work(r+1)`` and its result is
-        applied one round late. Everything a worker runs next is queued before the
+        """Each worker's actor queue reads ``work(r+1), apply(r), work(r+2), ...``, the
+        leader's work also returning its contribution: round ``r``'s exchange runs during
+        ``work(r+1)`` and its result is applied one round late. With several fragments the
+        contribution of ``r+1`` (another fragment) does not depend on ``apply(r)``; with one
+        fragment it does, and the leader's queue reads ``work(r+1), apply(r),
+        contribution(r+1), work(r+2)``. Everything a worker runs next is queued before the
         coordinator waits on anything that worker still has to do, so a worker never idles
         on the coordinator's own bookkeeping (the agreement digests, the evaluation).
 
         A round's deadline (``wan.round_timeout_s``) starts when its contribution is queued,
         while the worker still computes the slot before it: it bounds the rest of that
         slot's compute as well as the exchange, as it does without overlap."""
-        if start >= rounds:
+        if start >= rounds or not self._queue(start):
             return
-        self._work(start)
         self._send(start)
-        if start + 1 < rounds:
-            self._work(start + 1)
-        for r in range(start, rounds):
-            committed = self._commit(r, (r + 1) % eval_every == 0 or r == rounds - 1)
-            if r + 1 < rounds:
+        queued = start + 1 < rounds and self._queue(start + 1)
+        r = start
+        while True:
+            # nothing queued after r: r is the last round, and is evaluated
+            committed = self._commit(r, (r + 1) % eval_every == 0 or not queued)
+            after = False
+            if queued:
                 self._send(r + 1)
-                if r + 2 < rounds:
-                    self._work(r + 2)
+                after = r + 2 < rounds and self._queue(r + 2)
             self._finalize(committed)
+            if not queued:
+                return
+            r, queued = r + 1, after
+
+    def _evaluate(self, c: CenterHandle):
+        """Ref of the held-out loss of ``c``'s state after the round just queued. With an
+        evaluator, diloco and streaming read the global parameters from the gateway (what
+        every worker evaluates as, bit for bit), so no worker is interrupted at all."""
+        if self.evaluator is None:
+            return c.leader.evaluate.remote()
+        if self.cfg.strategy.kind == "sync":
+            return self.evaluator.evaluate.remote(c.leader.eval_state.remote())
+        return self.evaluator.evaluate.remote(c.gateway.global_params.remote())
+
+    def _evaluate_last(self) -> None:
+        """Evaluate the final state when the last round ran was not evaluated (the sample
+        budget ran out between evaluations)."""
+        last = self.history[-1] if self.history else None
+        live = [c for c in self.centers.values() if c.state == "live"]
+        if last is None or last.eval_loss is not None or not live:
+            return
+        try:
+            last.eval_loss = ray.get(self._evaluate(live[0]), timeout=self.cfg.wan.round_timeout_s)
+        except (GetTimeoutError, RayActorError, RayTaskError) as err:
+            self._event(f"final evaluation on {live[0].name} failed: {type(err).__name__}")

@@ -26,7 +26,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from suanwang.runtime import device as devices
-from suanwang.runtime.actors import GatewayActor, WorkerActor
+from suanwang.runtime.actors import EvaluatorActor, GatewayActor, WorkerActor
 from suanwang.runtime import checkpoint as ckpt
 from suanwang.runtime.config import JobConfig
 from suanwang.runtime.coordinator import CenterHandle, Coordinator
@@ -219,8 +219,17 @@ class Job:
         return coord.restore(man)
 
     # ------------------------------------------------------------------ run
+    def _max_rounds(self) -> int:
+        """``cfg.rounds``; with a sample budget, as many as it could take at one step per
+        center per round (the budget stops the job, time-boxed slots vary the rounds)."""
+        cfg = self.cfg
+        if cfg.train.samples is None:
+            return cfg.rounds
+        return -(-cfg.train.samples // sum(cfg.samples_per_step(c.name) for c in cfg.centers))
+
     def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> JobResult:
-        """Train for ``cfg.rounds`` rounds (``train.steps`` of the strategy's inner steps);
+        """Train for ``cfg.rounds`` rounds (``train.steps`` of the strategy's inner steps, or
+        until ``train.samples`` are taken);
         always releases every actor, placement group and (if it started it) the local Ray
         instance, also on Ctrl+C.
 
@@ -232,13 +241,22 @@ class Job:
         self._init_ray()
         try:
             handles = self._start_centers()
-            initial = ray.get(handles[0].leader.evaluate.remote())
+            evaluator = None
+            if self.cfg.train.eval_on == "evaluator":
+                # no CPU reserved: it works between rounds, and only when asked
+                evaluator = EvaluatorActor.options(num_cpus=0, name="evaluator").remote(self.cfg, self.fns)
+                self._actors.append(evaluator)
+                # the initial evaluation also waits out its start, before the clock runs
+                initial = ray.get(evaluator.evaluate.remote(handles[0].leader.eval_state.remote()), timeout=_START_TIMEOUT_S)
+            else:
+                initial = ray.get(handles[0].leader.evaluate.remote())
             coord = Coordinator(self.cfg, handles, on_round)
+            coord.evaluator = evaluator
             coord.initial_eval_loss = initial
             start = self._resume(handles, coord) if self.resume else 0
             initial = coord.initial_eval_loss
             numel = ray.get(handles[0].leader.numel.remote())
-            coord.run(self.cfg.rounds, self.cfg.train.eval_every_rounds, start, numel)
+            coord.run(self._max_rounds(), self.cfg.train.eval_every_rounds, start, numel)
             live = [h for h in handles if h.state == "live"]
             final_params = ray.get(live[0].leader.params_vector.remote()) if live else None
             gw_stats = {}

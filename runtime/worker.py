@@ -47,6 +47,35 @@ def default_optimizer(cfg: JobConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
+def flat_layout(model: torch.nn.Module, cfg: JobConfig) -> tuple[list[str], list[torch.nn.Parameter]]:
+    """The trainable parameters in flat-vector order: group by group, so each codec group
+    is one contiguous range (see :mod:`suanwang.runtime.groups`)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    order, _ = group_order([n for n, _ in named], cfg)
+    return [named[i][0] for i in order], [named[i][1] for i in order]
+
+
+class Evaluator:
+    """Held-out evaluation off the training path (``train.eval_on: evaluator``): a replica
+    that only loads the state a worker hands it and evaluates it, so no center's leader
+    stops training to evaluate. It runs on CPU in its own process."""
+
+    def __init__(self, cfg: JobConfig, fns: JobFunctions):
+        torch.set_num_threads(1)
+        torch.manual_seed(cfg.job.seed)
+        self.fns = fns
+        self.model = fns.model_fn()
+        _, self.params = flat_layout(self.model, cfg)
+        self.model.eval()
+
+    def evaluate(self, flat: torch.Tensor) -> float:
+        if self.fns.eval_fn is None:
+            return float("nan")
+        with torch.no_grad():
+            unflatten_into(flat.to(torch.float32), self.params)
+            return float(self.fns.eval_fn(self.model))
+
+
 class Worker:
     """One rank of a center.
 
@@ -67,11 +96,7 @@ class Worker:
         # Same seed everywhere: every replica of every center starts bit-identical.
         torch.manual_seed(cfg.job.seed)
         self.model = fns.model_fn().to(self.device)
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        # the flat layout is group by group, so each codec group is one contiguous range
-        order, _ = group_order([n for n, _ in named], cfg)
-        self.param_names = [named[i][0] for i in order]
-        self.params = [named[i][1] for i in order]
+        self.param_names, self.params = flat_layout(self.model, cfg)
         self.numel = sum(p.numel() for p in self.params)
         opt_fn = fns.optimizer_fn or (lambda ps: default_optimizer(cfg, ps))
         self.optimizer = opt_fn(self.params)
@@ -82,7 +107,7 @@ class Worker:
         if hasattr(self.strategy, "fragments"):
             self.strategy.fragments = fragment_bounds(self.layout(), cfg.strategy.fragments)
         # grads (weighted by local samples), then [samples, loss * samples]
-        self._buf = torch.zeros(self.numel + 2, dtype=torch.float32, device=self.device)
+        self._buf = torch.zeros(self.numel + 3, dtype=torch.float32, device=self.device)
         self.round_start = self.params_vector()
         self._store = None
         self._group_ready = False
@@ -128,38 +153,52 @@ class Worker:
         loss.backward()
         return n, float(loss.detach())
 
-    def _reduce_in_center(self, n: int, loss: float) -> tuple[int, float]:
-        """Sample-weighted mean of gradients over the center's workers, in place."""
+    def _reduce_in_center(self, n: int, loss: float, stop: bool = False) -> tuple[int, float, bool]:
+        """Sample-weighted mean of gradients over the center's workers, in place; the
+        third value is whether any worker asked to stop (it rides in the same all-reduce,
+        so every worker of the center takes the same number of steps)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         buf = self._buf
         flatten(grads, out=buf[: self.numel])
         buf[: self.numel].mul_(n)
         buf[self.numel] = n
         buf[self.numel + 1] = loss * n
+        buf[self.numel + 2] = float(stop)
         if self._group_ready:
             dist.all_reduce(buf)
         total = float(buf[self.numel])
         buf[: self.numel].div_(total)
-        return int(round(total)), float(buf[self.numel + 1]) / total
+        return int(round(total)), float(buf[self.numel + 1]) / total, bool(buf[self.numel + 2] > 0)
 
-    def train_steps(self, steps: int) -> LocalStats:
-        """``steps`` inner steps: forward, backward, intra-center all-reduce, optimizer step."""
+    def train_steps(self, steps: int, until: float | None = None) -> LocalStats:
+        """Up to ``steps`` inner steps: forward, backward, intra-center all-reduce, optimizer
+        step. With ``until`` (a ``time.time()`` deadline) the center stops early once the
+        next step would end more than half a step past it; the first step always runs."""
         t0 = time.perf_counter()
-        samples, loss_sum = 0, 0.0
+        samples, loss_sum, done, step_s = 0, 0.0, 0, 0.0
         for _ in range(steps):
+            t_step, wall = time.perf_counter(), time.time()
             n, loss = self._forward_backward()
-            total, mean_loss = self._reduce_in_center(n, loss)
+            # a next step would end about 2 * step_s after this one started: stop if more
+            # than half of it would fall past the deadline
+            stop = until is not None and wall + 1.5 * (step_s or time.perf_counter() - t_step) > until
+            total, mean_loss, stop = self._reduce_in_center(n, loss, stop)
             unflatten_into(self._buf[: self.numel], [p.grad for p in self.params])
             self.optimizer.step()
             samples += total
             loss_sum += mean_loss
-        return LocalStats(steps, samples, loss_sum / max(steps, 1), time.perf_counter() - t0)
+            done += 1
+            dt = time.perf_counter() - t_step
+            step_s = dt if not step_s else 0.7 * step_s + 0.3 * dt
+            if stop:
+                break
+        return LocalStats(done, samples, loss_sum / max(done, 1), time.perf_counter() - t0)
 
     def accumulate_gradient(self) -> LocalStats:
         """One forward/backward and intra-center all-reduce, without an optimizer step."""
         t0 = time.perf_counter()
         n, loss = self._forward_backward()
-        total, mean_loss = self._reduce_in_center(n, loss)
+        total, mean_loss, _ = self._reduce_in_center(n, loss)
         return LocalStats(1, total, mean_loss, time.perf_counter() - t0)
 
     def gradient_vector(self) -> torch.Tensor:
@@ -191,9 +230,16 @@ class Worker:
         return digest(self.params_vector())
 
     # ------------------------------------------------------------ the round, as the coordinator drives it
-    def local_work(self, round: int) -> LocalStats:
+    def local_work(
+        self, round: int, steps: int | None = None, until: float | None = None, contribute: bool = False
+    ) -> LocalStats | tuple[LocalStats, torch.Tensor]:
+        """Round ``round``'s local work: ``steps`` inner steps (default: the strategy's
+        count), stopping early at the wall-clock deadline ``until`` if given. With
+        ``contribute`` (the leader) also returns the round's contribution, saving the
+        separate call where nothing has to be applied in between."""
         fire(self.faults, self.spec.center, round, self.spec.rank)
-        return self.strategy.local_work(self, round)
+        stats = self.strategy.local_work(self, round, steps, until)
+        return (stats, self.contribution()) if contribute else stats
 
     def contribution(self) -> torch.Tensor:
         return self.strategy.contribution(self)
@@ -214,6 +260,7 @@ class Worker:
             "round_start": self.round_start,
             "rng": torch.get_rng_state(),
             "data": self.data.state_dict() if hasattr(self.data, "state_dict") else None,
+            "strategy": self.strategy.state_dict(),
         }
         save_atomic(sd, path)
 
@@ -230,10 +277,16 @@ class Worker:
         except (RuntimeError, KeyError, ValueError) as err:
             raise ValueError(f"checkpoint {path} does not fit this model: {err}") from None
         self.round_start = sd["round_start"].cpu()
+        self.strategy.load_state_dict(sd.get("strategy") or {})
         torch.set_rng_state(sd["rng"])
         if sd.get("data") is not None and hasattr(self.data, "load_state_dict"):
             self.data.load_state_dict(sd["data"])
         return self.params_digest()
+
+    def eval_state(self) -> torch.Tensor:
+        """The flat parameters an evaluation of this worker would use."""
+        swap = self.strategy.eval_tensor(self)
+        return (swap if swap is not None else self.params_vector()).detach().cpu().clone()
 
     def evaluate(self) -> float:
         if self.fns.eval_fn is None:

@@ -27,14 +27,23 @@ class LocalStats:
     samples: int
     loss: float
     compute_s: float
+    # samples the round's contribution stands for, its weight in the cross-center mean
+    # (None: ``samples``); under streaming a fragment's pseudo-gradient spans F slots
+    weight: int | None = None
+
+    @property
+    def contribution_weight(self) -> int:
+        return self.samples if self.weight is None else self.weight
 
 
 class WorkerStrategy(abc.ABC):
     """The worker half of a strategy."""
 
     @abc.abstractmethod
-    def local_work(self, worker: "Worker", round: int) -> LocalStats:
-        """Do this round's computation (inner steps and intra-center all-reduces)."""
+    def local_work(self, worker: "Worker", round: int, steps: int | None = None, until: float | None = None) -> LocalStats:
+        """Do this round's computation (inner steps and intra-center all-reduces): ``steps``
+        inner steps (``None``: the strategy's own count), stopping early at the wall-clock
+        deadline ``until`` (see :meth:`Worker.train_steps`)."""
 
     @abc.abstractmethod
     def contribution(self, worker: "Worker") -> torch.Tensor:
@@ -44,6 +53,13 @@ class WorkerStrategy(abc.ABC):
     def apply(self, worker: "Worker", result: torch.Tensor | None) -> None:
         """Apply the round's broadcast result to this worker's replica (``None``: the
         round was abandoned and there is nothing to apply)."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must keep of this strategy's worker-side state."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def agreement_tensor(self, worker: "Worker") -> torch.Tensor:
         """What must be bit-identical in every center after a round (default: the global

@@ -16,8 +16,8 @@ class DilocoWorker(WorkerStrategy):
     def __init__(self, inner_steps: int):
         self.inner_steps = inner_steps
 
-    def local_work(self, worker, round: int) -> LocalStats:
-        return worker.train_steps(self.inner_steps)
+    def local_work(self, worker, round: int, steps: int | None = None, until: float | None = None) -> LocalStats:
+        return worker.train_steps(self.inner_steps if steps is None else steps, until)
 
     def contribution(self, worker) -> torch.Tensor:
         # pseudo-gradient: where the round started minus where the inner steps led

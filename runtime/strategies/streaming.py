@@ -12,6 +12,8 @@ With one fragment, no overlap and ``mix = 0`` this is exactly DiLoCo.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from suanwang.runtime.strategies.base import LocalStats, WorkerStrategy
@@ -26,13 +28,24 @@ class StreamingWorker(WorkerStrategy):
         self.mix = mix
         self.fragments: list[Span] = []
         self.slot = 0
+        # samples of the last F slots: the steps behind the pseudo-gradient of the fragment
+        # sent next (each fragment is sent every F slots), its weight in the mean
+        self.recent: list[int] = []
 
     def span(self, round: int) -> Span:
         return self.fragments[round % len(self.fragments)]
 
-    def local_work(self, worker, round: int) -> LocalStats:
+    def local_work(self, worker, round: int, steps: int | None = None, until: float | None = None) -> LocalStats:
         self.slot = round
-        return worker.train_steps(self.slot_steps)
+        st = worker.train_steps(self.slot_steps if steps is None else steps, until)
+        self.recent = [*self.recent, st.samples][-max(1, len(self.fragments)) :]
+        return dataclasses.replace(st, weight=sum(self.recent))
+
+    def state_dict(self) -> dict:
+        return {"recent": list(self.recent)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.recent = [int(x) for x in state.get("recent", [])]
 
     def contribution(self, worker) -> torch.Tensor:
         a, b = self.span(self.slot)

@@ -13,8 +13,8 @@ from suanwang.runtime.strategies.base import CenterStrategy, LocalStats, WorkerS
 
 
 class SyncWorker(WorkerStrategy):
-    def local_work(self, worker, round: int) -> LocalStats:
-        return worker.accumulate_gradient()
+    def local_work(self, worker, round: int, steps: int | None = None, until: float | None = None) -> LocalStats:
+        return worker.accumulate_gradient()  # one gradient per round, whatever the limits
 
     def contribution(self, worker) -> torch.Tensor:
         return worker.gradient_vector()

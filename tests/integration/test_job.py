@@ -275,3 +275,63 @@ def test_streaming_with_overlap_drops_a_late_center_and_goes_on(local_ray):
     assert res.params_agree and not any(r.abandoned for r in h)
     assert res.final_eval_loss < res.initial_eval_loss
     assert time.perf_counter() - t0 < 60  # not held up for the 30 s delay
+
+
+def _steps_per_round(res, center: str) -> list[int]:
+    done = [h.centers[center]["steps"] for h in res.history if center in h.centers]
+    return [b - a for a, b in zip([0, *done], done)]
+
+
+def test_time_boxed_slots_stop_on_the_sample_budget_and_absorb_a_slow_slot(local_ray):
+    # Slots end at absolute deadlines: a center that loses half a slot (the delay) takes
+    # fewer steps in it instead of holding the others up; the job stops on the budget.
+    budget = 128 * 120  # about ten slots of 0.4 s, 12 steps each, on 2 busy cores
+    cfg = parse_config(
+        small_config(
+            # counted: 10 steps per slot, so at most 20: the clock, not the cap, ends a slot
+            strategy={"kind": "streaming", "inner_steps": 30, "fragments": 3, "overlap": 1, "mix": 0.5, "slot_s": 0.4},
+            train={"steps": 6, "samples": budget, "eval_every_rounds": 4},
+        ),
+        environ={},
+    )
+    res = Job(cfg, demo_functions(cfg), faults=(Fault("xian", 3, "delay", 0.3),)).run()
+    taken = sum(c.samples for c in res.centers.values())
+    per_step = sum(cfg.samples_per_step(c.name) for c in cfg.centers)
+    assert budget - per_step < taken <= budget
+    assert res.params_agree and res.history[-1].eval_loss is not None
+    assert res.final_eval_loss < res.initial_eval_loss
+    assert [h.fragment for h in res.history] == [r % 3 for r in range(res.rounds)]
+    xian = _steps_per_round(res, "xian")
+    # round 3 lost 0.3 s of its 0.4 s slot; the rounds around it did not
+    assert xian[3] < min(xian[2], xian[4]), xian
+    # the 2-worker center's workers agreed on every slot's step count (or the job hangs)
+    assert sum(_steps_per_round(res, "shenzhen")) == res.centers["shenzhen"].steps
+
+
+def test_counted_rounds_stop_on_the_sample_budget_with_a_shorter_last_round(local_ray):
+    d = small_config(strategy={"kind": "diloco", "inner_steps": 3}, train={"steps": 99, "samples": 1000})
+    cfg = parse_config(d, environ={})
+    res = Job(cfg, demo_functions(cfg)).run()
+    batch = cfg.data.batch_size
+    full = 3 * (2 + 1 + 1) * batch  # 384 samples per counted round
+    assert res.rounds == 3  # two full rounds, then what is left of the 1000
+    assert sum(c.samples for c in res.centers.values()) == 2 * full + 7 * batch  # 992: 232 left fits 7 steps
+    assert _steps_per_round(res, "wuhan")[:2] == [3, 3]
+    assert res.params_agree and res.history[-1].eval_loss is not None
+
+
+def test_evaluator_off_the_training_path_reports_what_the_leader_would(local_ray):
+    runs = {}
+    for where in ("leader", "evaluator"):
+        d = small_config(
+            strategy={"kind": "streaming", "inner_steps": 4, "fragments": 2, "overlap": 1},
+            train={"steps": 8, "eval_on": where},
+        )
+        cfg = parse_config(d, environ={})
+        runs[where] = Job(cfg, demo_functions(cfg)).run()
+    a, b = runs["leader"], runs["evaluator"]
+    assert a.initial_eval_loss == b.initial_eval_loss
+    # the gateway's global parameters are what every worker evaluates as, bit for bit
+    assert [h.eval_loss for h in a.history] == [h.eval_loss for h in b.history]
+    assert all(h.eval_loss is not None for h in b.history)
+    assert torch.equal(a.final_params, b.final_params)

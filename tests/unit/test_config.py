@@ -154,3 +154,22 @@ def test_per_center_inner_steps_rejected_where_meaningless():
     d["strategy"] = {"kind": "diloco"}
     d["centers"][2]["inner_steps"] = 0
     assert "centers[2].inner_steps" in problems(d)
+
+
+def test_time_boxed_slots_and_a_sample_budget():
+    d = demo_data()
+    d["strategy"] = {"kind": "streaming", "inner_steps": 12, "fragments": 3, "slot_s": 0.25}
+    d["centers"][1]["inner_steps"] = 24
+    d["train"] = {"samples": 10_000}
+    cfg = parse_config(d, "t.yaml", {})
+    assert cfg.strategy.slot_s == 0.25 and cfg.train.samples == 10_000
+    per_round = sum(cfg.samples_per_step(c.name) * cfg.center_inner_steps(c.name) for c in cfg.centers)
+    assert cfg.rounds == -(-10_000 // per_round)  # the counted estimate; the budget stops the job
+    d["strategy"]["slot_s"] = 0
+    assert problems(d)["strategy.slot_s"] == "Input should be greater than 0"
+    d["strategy"] = {"kind": "sync"}
+    d["centers"][1].pop("inner_steps")
+    p = problems(d)
+    assert "one step per round" in p["train.samples"], p
+    d["strategy"] = {"kind": "diloco", "slot_s": 0.25}
+    assert problems(d)["strategy.slot_s"].startswith("unknown field")  # a streaming option
