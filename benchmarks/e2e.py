@@ -6,18 +6,21 @@ and 40 ms RTT (:class:`~suanwang.runtime.wan.emulator.WanEmulator` in packet mod
 link rate and rtt/2 each way). Every run trains the demo model (tiny CLIP, digits pairs) on
 the same per-worker shards with the same seed, batch and inner optimizer, and takes the
 same number of samples in all (DDP: ``--steps`` per worker; a strategy whose centers run
-unequal inner steps gets the number of rounds that adds up to the same samples), so "final
-loss after equal samples" compares like with like. Runs:
+unequal inner steps gets the number of rounds that adds up to the same samples, and
+time-boxed streaming stops on the sample count, ``train.samples``), so "final loss after
+equal samples" compares like with like. Runs:
 
 * ``ddp``, ``ddp_powersgd``: plain PyTorch DDP (gloo) over all workers of all centers, its
   gradient traffic crossing the emulated links (:mod:`suanwang.benchmarks.ddp`);
 * ``sync``, ``diloco``, ``streaming``: suanwang's strategies, gateways bridged into the
   emulator (:class:`~suanwang.runtime.wan.bridge.BridgedRoutes`). Streaming uses int4 and
-  lets the 1-worker centers run more inner steps per round than the slower 2-worker center
-  (see ``STRATEGIES``);
+  time-boxed slots, so each center runs as many inner steps as it manages per slot instead
+  of waiting for the slowest (see ``STRATEGIES``);
 * ``ddp_unshaped``, ``streaming_unshaped``: the same on loopback, no WAN.
 
-Times exclude evaluation pauses and start-up (training time from the first step). WAN bytes
+Times exclude start-up (training time from the first step) and evaluation pauses. suanwang
+runs evaluate on a separate actor (``train.eval_on: evaluator``); under streaming's overlap
+the centers go on computing meanwhile, so nothing is taken out of streaming's time. WAN bytes
 for DDP are the emulator's per-link counts (IP packets, headers and ACKs included); for
 suanwang runs the gateways' counts of the gRPC messages they sent (the emulator's total for
 the run is reported beside them as ``wan_bytes_kernel``, a name kept from the veth days).
@@ -39,13 +42,16 @@ CENTERS = [("shenzhen", 2), ("wuhan", 1), ("xian", 1)]
 RATE_MBIT, RTT_MS = 100.0, 40.0
 BATCH = 32  # per worker, as in the demo config
 # Per strategy: the strategy section, the codec, the WAN schedule and each center's own
-# inner steps. Streaming: fragments of a third of the model, each synced every 30 inner
-# steps (one every 10), int4, all-gathered (one 20 ms hop; a 3-center ring is 4 dependent
-# hops, ~4x the latency for 2/3 of the bytes, and the payloads here are tens of KB, so
-# latency, not rate, is what the round has to hide). The 2-worker center steps ~1.5x slower
-# on this 2-core host (its workers all-reduce every step and share the cores with two more
-# workers), so the 1-worker centers run 45 inner steps per fragment cycle where it runs 30
-# (15 vs 10 per slot) instead of waiting for it: measured busy fractions 0.94-0.95 each.
+# inner steps. Streaming: fragments of a third of the model, int4, all-gathered (one 20 ms
+# hop; a 3-center ring is 4 dependent hops, ~4x the latency for 2/3 of the bytes, and the
+# payloads here are tens of KB, so latency, not rate, is what the round has to hide), in
+# time-boxed slots of 0.25 s: every center computes until the slot's deadline, however fast
+# it is at the moment, so none waits for the slowest (on this 2-core host the 2-worker
+# center steps ~1.5x slower, and any center's speed swings with the scheduler). The run
+# stops on DDP's sample count. The counted steps (18 per fragment cycle, 27 for the
+# 1-worker centers: 6 and 9 per slot, about what 0.25 s holds) only size the rounds
+# estimate and cap a slot at twice them. A single-process simulation over 6 batch orders
+# put a fragment cycle of 18 steps at +8% final loss against DDP where 30 steps gave +20%.
 STRATEGIES: dict[str, dict[str, Any]] = {
     "sync": {"strategy": {"kind": "sync"}, "codec": "int8", "inner": {}},
     "diloco": {
@@ -54,10 +60,10 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     },
     "streaming": {
         "strategy": {
-            "kind": "streaming", "inner_steps": 30, "fragments": 3, "overlap": 1, "mix": 0.5,
-            "outer_lr": 0.7, "outer_momentum": 0.9,
+            "kind": "streaming", "inner_steps": 18, "fragments": 3, "overlap": 1, "mix": 0.5,
+            "outer_lr": 0.7, "outer_momentum": 0.9, "slot_s": 0.25,
         },
-        "codec": "int4", "schedule": "gather", "inner": {"wuhan": 45, "xian": 45},
+        "codec": "int4", "schedule": "gather", "inner": {"wuhan": 27, "xian": 27},
     },
 }
 # The held-out loss DDP reaches about halfway through the default 300 steps.
@@ -84,30 +90,39 @@ def _config(spec: dict[str, Any], steps: int, eval_every_rounds: int):
     d["strategy"] = spec["strategy"]
     d["codec"] = {"kind": spec["codec"]}
     d["data"] = {**d["data"], "batch_size": BATCH}
-    d["train"] = {"steps": steps, "eval_every_rounds": eval_every_rounds}
+    # evaluations run on a separate actor, so no center's leader pauses training for them
+    d["train"] = {"steps": steps, "eval_every_rounds": eval_every_rounds, "eval_on": "evaluator"}
+    if spec.get("samples"):
+        d["train"]["samples"] = spec["samples"]
     d["wan"] = {**d["wan"], "schedule": spec.get("schedule", "auto")}
     d["checkpoint"] = {"every_rounds": 0}
     d["job"] = {"name": "e2e", "output_dir": "/tmp/suanwang-e2e"}
     return parse_config(d, environ={})
 
 
-def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int = 25) -> dict[str, Any]:
+def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int = 20) -> dict[str, Any]:
     """One suanwang run; ``counters()`` returns the emulator's WAN byte count (or None)."""
     from suanwang.launch.demo import demo_functions
     from suanwang.runtime import Job
 
-    spec = STRATEGIES[name.removesuffix("_unshaped")]
+    spec = run_spec(name, steps)
     probe = _config(spec, equal_sample_steps(spec, steps), 1)
     eval_every = max(1, probe.rounds // eval_points)
     cfg = _config(spec, probe.train.steps, eval_every)
-    samples_per_round = {c.name: cfg.data.batch_size * c.workers * cfg.center_inner_steps(c.name) for c in cfg.centers}
     history: list[dict[str, Any]] = []
-    state = {"eval_s": 0.0, "samples": 0, "peak": 0.0}
+    state = {"samples": 0, "peak": 0.0, "eval_s": 0.0}
+    # Without overlap the round loop stops while the evaluator works: that pause is taken
+    # out, as DDP's are. Under overlap the centers go on computing meanwhile: nothing is.
+    paused = not spec["strategy"].get("overlap")
+    taken: dict[str, int] = {}
     k0 = counters() if counters else None
 
     def on_round(rec) -> None:
-        state["eval_s"] += rec.eval_s
-        state["samples"] += sum(samples_per_round[c] for c in rec.participants)
+        if paused:
+            state["eval_s"] += rec.eval_s
+        for c, st in rec.centers.items():  # a center's running total (participants only)
+            taken[c] = st["samples"]
+        state["samples"] = sum(taken.values())
         if rec.round_s > 0:
             for nbytes in rec.link_bytes.values():
                 state["peak"] = max(state["peak"], nbytes * 8 / rec.round_s / 1e6)
@@ -137,8 +152,19 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
         "strategy": spec["strategy"],
         "codec": spec["codec"],
         "inner_steps_per_round": {n: cfg.center_inner_steps(n) for n, _ in CENTERS},
+        "slot_s": spec["strategy"].get("slot_s"),
+        "steps_per_center": {n: c.steps for n, c in res.centers.items()},
         "busy": busy,
     }
+
+
+def run_spec(name: str, ddp_steps: int) -> dict[str, Any]:
+    """``STRATEGIES`` entry of run ``name``; time-boxed slots take what they manage, so
+    such a run stops on the samples DDP takes in ``ddp_steps`` steps instead."""
+    spec = STRATEGIES[name.removesuffix("_unshaped")]
+    if spec["strategy"].get("slot_s"):
+        spec = {**spec, "samples": BATCH * sum(w for _, w in CENTERS) * ddp_steps}
+    return spec
 
 
 def equal_sample_steps(spec: dict[str, Any], ddp_steps: int) -> int:

@@ -18,6 +18,14 @@ def test_equal_sample_steps_matches_ddp_samples_when_centers_run_unequal_steps()
     assert e2e.equal_sample_steps(e2e.STRATEGIES["diloco"], 300) == 300
 
 
+def test_time_boxed_streaming_stops_on_ddps_sample_count():
+    spec = e2e.run_spec("streaming_unshaped", 300)
+    cfg = e2e._config(spec, e2e.equal_sample_steps(spec, 300), 1)
+    assert cfg.strategy.slot_s and cfg.train.samples == e2e.BATCH * 4 * 300
+    assert cfg.train.eval_on == "evaluator"  # no leader pauses training to evaluate
+    assert "samples" not in e2e.run_spec("diloco", 300)  # counted rounds add up already
+
+
 def test_to_target_is_the_first_crossing():
     hist = [
         {"train_s": 0.0, "eval_loss": 4.0, "wan_bytes": 0},
