@@ -128,6 +128,11 @@ class StreamingStrategy(_Section):
             raise ValueError(
                 f"inner_steps: {self.inner_steps} is not a multiple of fragments ({self.fragments})"
             )
+        if self.slot_s is not None and not self.overlap:
+            raise ValueError(
+                "slot_s: time-boxed slots need overlap: 1 (without it every round's exchange "
+                "would come out of the next slot)"
+            )
         return self
 
 
@@ -275,8 +280,14 @@ class JobConfig(_Section):
                     f"centers[{i}].inner_steps: {c.inner_steps} is not a multiple of "
                     f"strategy.fragments ({self.strategy.fragments})"
                 )
-        if self.train.samples is not None and isinstance(self.strategy, SyncStrategy):
-            raise ValueError("train.samples: strategy sync takes one step per round; a sample budget needs diloco or streaming")
+        if self.train.samples is not None:
+            if isinstance(self.strategy, SyncStrategy):
+                raise ValueError("train.samples: strategy sync takes one step per round; a sample budget needs diloco or streaming")
+            one_each = sum(self.data.batch_size * c.workers for c in self.centers)
+            if self.train.samples < one_each:
+                raise ValueError(
+                    f"train.samples: {self.train.samples} is less than one step of every center ({one_each} samples)"
+                )
         for a, b in itertools.combinations(names, 2):
             if frozenset((a, b)) not in pairs:
                 raise ValueError(f"links: no link declared between {a!r} and {b!r}")

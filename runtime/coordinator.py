@@ -46,6 +46,14 @@ class CenterHandle:
         return self.workers[0]
 
 
+def contribution_with_work(strategy) -> bool:
+    """Whether a leader's local work may return its contribution too. Under overlap the
+    result of the round before is applied between a slot's work and its contribution;
+    with several fragments that result is another fragment's, so the contribution cannot
+    depend on it; with one fragment it does, and the contribution is a call of its own."""
+    return not getattr(strategy, "overlap", 0) or getattr(strategy, "fragments", 1) > 1
+
+
 class _Committed(NamedTuple):
     """A round decided, reduced and queued on the workers, not yet recorded."""
 
@@ -135,25 +143,28 @@ class Coordinator:
         live = [c for c in self.centers.values() if c.state == "live"]
         if not live:
             raise RuntimeError(f"round {r}: no live center left")
-        plan = self.planner.plan(r, [c.name for c in live])
+        plan = self.planner.plan(r, [c.name for c in live], time.time())
         while plan is WAIT:  # near the budget: learn what the rounds in flight took
             self._observe(self.planner.inflight()[0])
-            plan = self.planner.plan(r, [c.name for c in live])
+            plan = self.planner.plan(r, [c.name for c in live], time.time())
         if plan is None:
             return False
         self._work(r, [c for c in live if c.name in plan], plan)
         return True
 
     def _observe(self, r: int, names: list[str] | None = None) -> None:
-        """Tell the planner the samples round ``r``'s centers (``names``: default all)
-        took; a center whose local work failed counts none."""
+        """Tell the planner the samples round ``r``'s centers ``names`` took (default: the
+        centers still live, so a center left out cannot hold the coordinator up); a center
+        whose local work failed counts none."""
         refs = self._stats.pop(r, None)
         if refs is None:  # observed already (the planner ignores a round it no longer holds)
             self.planner.observe(r, 0)
             return
+        if names is None:
+            names = [n for n in refs if self.centers[n].state == "live"]
         samples = 0
         for name, ref in refs.items():
-            if names is not None and name not in names:
+            if name not in names:
                 continue
             try:
                 samples += ray.get(ref, timeout=self.cfg.wan.round_timeout_s + _GRACE_S).samples
@@ -165,8 +176,7 @@ class Coordinator:
         """Start round ``r``'s local work on the centers ``live``, within ``plan``. The
         leader returns its contribution with its stats unless a result it must apply first
         comes in between (overlap with a single fragment: see :meth:`_run_overlapped`)."""
-        s = self.cfg.strategy
-        fused = not getattr(s, "overlap", 0) or getattr(s, "fragments", 1) > 1
+        fused = contribution_with_work(self.cfg.strategy)
         stats, contrib = {}, {}
         for c in live:
             p = plan[c.name]
@@ -467,8 +477,9 @@ class Coordinator:
 
     def _evaluate(self, c: CenterHandle):
         """Ref of the held-out loss of ``c``'s state after the round just queued. With an
-        evaluator, diloco and streaming read the global parameters from the gateway (what
-        every worker evaluates as, bit for bit), so no worker is interrupted at all."""
+        evaluator (models without buffers only), diloco and streaming read the global
+        parameters from the gateway, bit for bit what every worker evaluates, so no worker
+        is interrupted at all."""
         if self.evaluator is None:
             return c.leader.evaluate.remote()
         if self.cfg.strategy.kind == "sync":
@@ -476,8 +487,9 @@ class Coordinator:
         return self.evaluator.evaluate.remote(c.gateway.global_params.remote())
 
     def _evaluate_last(self) -> None:
-        """Evaluate the final state when the last round ran was not evaluated (the sample
-        budget ran out between evaluations)."""
+        """Evaluate the final state when the last round ran was not evaluated (without
+        overlap, the sample budget ran out between evaluations); the last record gets the
+        loss in place, after ``on_round`` saw it without."""
         last = self.history[-1] if self.history else None
         live = [c for c in self.centers.values() if c.state == "live"]
         if last is None or last.eval_loss is not None or not live:

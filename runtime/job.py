@@ -220,12 +220,13 @@ class Job:
 
     # ------------------------------------------------------------------ run
     def _max_rounds(self) -> int:
-        """``cfg.rounds``; with a sample budget, as many as it could take at one step per
-        center per round (the budget stops the job, time-boxed slots vary the rounds)."""
+        """``cfg.rounds``; with a sample budget, as many as it could take at one step of a
+        single center per round (the budget stops the job; time-boxed slots and centers
+        left out vary the rounds)."""
         cfg = self.cfg
         if cfg.train.samples is None:
             return cfg.rounds
-        return -(-cfg.train.samples // sum(cfg.samples_per_step(c.name) for c in cfg.centers))
+        return -(-cfg.train.samples // min(cfg.samples_per_step(c.name) for c in cfg.centers))
 
     def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> JobResult:
         """Train for ``cfg.rounds`` rounds (``train.steps`` of the strategy's inner steps, or
@@ -243,7 +244,7 @@ class Job:
             handles = self._start_centers()
             evaluator = None
             if self.cfg.train.eval_on == "evaluator":
-                # no CPU reserved: it works between rounds, and only when asked
+                # no CPU reserved: it shares the cores with the workers while it evaluates
                 evaluator = EvaluatorActor.options(num_cpus=0, name="evaluator").remote(self.cfg, self.fns)
                 self._actors.append(evaluator)
                 # the initial evaluation also waits out its start, before the clock runs

@@ -92,9 +92,14 @@ class SlotPlanner:
     def _most(self, names) -> int:
         return sum(self._cap(n) * self.per_step[n] for n in names)
 
-    def plan(self, r: int, names: list[str]) -> dict[str, SlotPlan] | _Wait | None:
+    def plan(self, r: int, names: list[str], now: float | None = None) -> dict[str, SlotPlan] | _Wait | None:
         """Limits for round ``r`` of the centers ``names``; :data:`WAIT` when the rounds in
-        flight must report first (:meth:`observe`); ``None``: the budget is spent."""
+        flight must report first (:meth:`observe`); ``None``: the budget is spent.
+
+        ``now`` (``time.time()`` when planning, time-boxed): a deadline already past when
+        its round is planned means the job stood still (a resync, a long evaluation); the
+        grid then moves on so that this round gets a whole slot, instead of every later
+        round getting a single step while the lag lasts."""
         if self.finished or not names:
             return None
         if self._first is None:
@@ -105,13 +110,19 @@ class SlotPlanner:
                 if self._inflight:
                     return WAIT
                 return self._last(r, names, headroom)
-        until = None if self.slot_s is None else self.origin + (r - self._first + 1) * self.slot_s
+        until = None
+        if self.slot_s is not None:
+            until = self.origin + (r - self._first + 1) * self.slot_s
+            if now is not None and until < now:
+                self.origin += now + self.slot_s - until
+                until = now + self.slot_s
         self._inflight[r] = self._most(names)
         return {n: SlotPlan(self._cap(n), until) for n in names}
 
     def _last(self, r: int, names: list[str], left: int) -> dict[str, SlotPlan] | None:
-        """Exact step counts that fill ``left`` samples, at least one step per center and
-        otherwise shared as the counted steps are; ``None`` when one step each does not fit."""
+        """Exact step counts that fill ``left`` samples (less than one round's most), at
+        least one step per center, none past its cap, otherwise shared as the counted
+        steps are; ``None`` when one step each does not fit."""
         self.finished = True
         if left < sum(self.per_step[n] for n in names):
             return None
@@ -120,7 +131,7 @@ class SlotPlanner:
         used = sum(self.per_step[n] for n in names)
         # one step at a time to the center furthest below its share, while a step fits
         while True:
-            fits = [n for n in names if used + self.per_step[n] <= left]
+            fits = [n for n in names if used + self.per_step[n] <= left and steps[n] < self._cap(n)]
             if not fits:
                 break
             n = min(fits, key=lambda n: (steps[n] * self.per_step[n] / weight[n], names.index(n)))

@@ -57,14 +57,25 @@ def flat_layout(model: torch.nn.Module, cfg: JobConfig) -> tuple[list[str], list
 
 class Evaluator:
     """Held-out evaluation off the training path (``train.eval_on: evaluator``): a replica
-    that only loads the state a worker hands it and evaluates it, so no center's leader
-    stops training to evaluate. It runs on CPU in its own process."""
+    that only loads the flat parameters it is handed and evaluates them, so no center's
+    leader stops training to evaluate. It runs on CPU in its own process.
+
+    Raises:
+        ValueError: the model has buffers (BatchNorm statistics, say): they never travel
+            with the parameters, so this replica's would be stale.
+    """
 
     def __init__(self, cfg: JobConfig, fns: JobFunctions):
         torch.set_num_threads(1)
         torch.manual_seed(cfg.job.seed)
         self.fns = fns
         self.model = fns.model_fn()
+        buffers = [n for n, _ in self.model.named_buffers()]
+        if buffers:
+            raise ValueError(
+                f"train.eval_on: evaluator gets the trainable parameters only, and the model has "
+                f"buffers {buffers[:5]}; evaluate on the leader (train.eval_on: leader)"
+            )
         _, self.params = flat_layout(self.model, cfg)
         self.model.eval()
 
@@ -166,9 +177,9 @@ class Worker:
         buf[self.numel + 2] = float(stop)
         if self._group_ready:
             dist.all_reduce(buf)
-        total = float(buf[self.numel])
+        total, loss_sum, stops = buf[self.numel :].tolist()  # one read of the device
         buf[: self.numel].div_(total)
-        return int(round(total)), float(buf[self.numel + 1]) / total, bool(buf[self.numel + 2] > 0)
+        return int(round(total)), loss_sum / total, stops > 0
 
     def train_steps(self, steps: int, until: float | None = None) -> LocalStats:
         """Up to ``steps`` inner steps: forward, backward, intra-center all-reduce, optimizer

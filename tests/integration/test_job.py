@@ -302,8 +302,9 @@ def test_time_boxed_slots_stop_on_the_sample_budget_and_absorb_a_slow_slot(local
     assert res.final_eval_loss < res.initial_eval_loss
     assert [h.fragment for h in res.history] == [r % 3 for r in range(res.rounds)]
     xian = _steps_per_round(res, "xian")
-    # round 3 lost 0.3 s of its 0.4 s slot; the rounds around it did not
-    assert xian[3] < min(xian[2], xian[4]), xian
+    # round 3 lost 0.3 s of its 0.4 s slot (~3/4 of its steps); the others did not
+    others = sorted(xian[:3] + xian[4:-1])
+    assert xian[3] <= others[len(others) // 2] / 2, xian
     # the 2-worker center's workers agreed on every slot's step count (or the job hangs)
     assert sum(_steps_per_round(res, "shenzhen")) == res.centers["shenzhen"].steps
 

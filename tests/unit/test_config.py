@@ -167,6 +167,12 @@ def test_time_boxed_slots_and_a_sample_budget():
     assert cfg.rounds == -(-10_000 // per_round)  # the counted estimate; the budget stops the job
     d["strategy"]["slot_s"] = 0
     assert problems(d)["strategy.slot_s"] == "Input should be greater than 0"
+    d["strategy"].update(slot_s=0.25, overlap=0)
+    assert "need overlap: 1" in problems(d)["strategy.slot_s"]
+    d["strategy"]["overlap"] = 1
+    d["train"] = {"samples": 100}  # one step of each center is 4 workers x 32
+    assert "less than one step of every center (128 samples)" in problems(d)["train.samples"]
+    d["train"] = {"samples": 10_000}
     d["strategy"] = {"kind": "sync"}
     d["centers"][1].pop("inner_steps")
     p = problems(d)

@@ -71,24 +71,26 @@ def test_last_round_gives_every_center_a_step_or_none_at_all():
     assert p.plan(0, NAMES) == {"shenzhen": SlotPlan(1), "wuhan": SlotPlan(1)}
 
 
-def test_a_center_left_out_is_not_planned_and_its_share_goes_to_the_others():
-    p = SlotPlanner(COUNTED, PER_STEP, budget=300)
+def test_a_center_left_out_is_not_planned_and_the_last_round_goes_to_those_planned():
+    p = SlotPlanner(COUNTED, PER_STEP, budget=10_000)
     assert p.plan(0, ["wuhan"]) == {"wuhan": SlotPlan(9)}
+    p.observe(0, 9 * 32)
+    p = SlotPlanner(COUNTED, PER_STEP, budget=200)  # under wuhan's 288 of a counted round
+    assert p.plan(0, ["wuhan"]) == {"wuhan": SlotPlan(6)}  # 192 of the 200
 
 
-def test_resumed_spent_samples_count_toward_the_budget():
-    p = SlotPlanner(COUNTED, PER_STEP, budget=ROUND, spent=ROUND - 32)
-    assert p.plan(0, NAMES) is None  # 32 left: one step each does not fit
+def test_time_boxed_grid_moves_on_after_the_job_stood_still():
+    p = SlotPlanner(COUNTED, PER_STEP, slot_s=0.25, origin=1000.0)
+    assert p.plan(0, NAMES, now=1000.0)["wuhan"].until == pytest.approx(1000.25)
+    assert p.plan(1, NAMES, now=1000.3)["wuhan"].until == pytest.approx(1000.5)  # on the grid
+    # a 5 s stall: round 2's deadline (1000.75) passed before it was planned
+    assert p.plan(2, NAMES, now=1005.0)["wuhan"].until == pytest.approx(1005.25)
+    assert p.plan(3, NAMES, now=1005.1)["wuhan"].until == pytest.approx(1005.5)  # the new grid
 
 
-@pytest.mark.parametrize(
-    "counted, per_step, match",
-    [
-        ({"a": 0}, {"a": 32}, "a: 0 steps"),
-        ({"a": 3}, {"a": 0}, "a: 3 steps of 0 samples"),
-        ({"a": 3}, {"b": 32}, "counted steps for"),
-    ],
-)
-def test_bad_plans_are_refused_naming_the_center(counted, per_step, match):
-    with pytest.raises(ValueError, match=match):
-        SlotPlanner(counted, per_step)
+def test_the_last_round_keeps_every_center_under_its_cap():
+    # b's steps are 8x a's samples: after one more step of a, b no longer fits, and
+    # without its cap a would take the rest of the budget alone
+    p = SlotPlanner({"a": 1, "b": 1}, {"a": 32, "b": 256}, slot_s=1.0, budget=575)
+    plan = p.plan(0, ["a", "b"])  # 575 < most (2 * 288): the exact last round at once
+    assert plan == {"a": SlotPlan(2), "b": SlotPlan(1)}
