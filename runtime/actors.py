@@ -123,8 +123,7 @@ class GatewayActor:
         return self.g.stats()
 
     def global_params(self):
-        """The global parameters this gateway holds (diloco, streaming), for evaluation."""
-        return self.g.strategy.state()["params"].clone()
+        return self.g.global_params()
 
     def save(self, path: str) -> None:
         self.g.save(path)

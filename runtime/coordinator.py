@@ -87,7 +87,6 @@ class Coordinator:
         self.wan_bytes = 0
         self.t0 = time.perf_counter()
         self._slots: dict[int, dict] = {}
-        self._stats: dict[int, dict] = {}  # round -> center -> ref of its LocalStats
         self.planner: SlotPlanner | None = None
         self.evaluator = None  # an EvaluatorActor (train.eval_on: evaluator), else the leader evaluates
 
@@ -145,29 +144,27 @@ class Coordinator:
             raise RuntimeError(f"round {r}: no live center left")
         plan = self.planner.plan(r, [c.name for c in live], time.time())
         while plan is WAIT:  # near the budget: learn what the rounds in flight took
-            self._observe(self.planner.inflight()[0])
+            q = self.planner.inflight()[0]
+            slot = self._slots.get(q)
+            self._observe(q, slot["stats"] if slot else {}, [c.name for c in live])
             plan = self.planner.plan(r, [c.name for c in live], time.time())
         if plan is None:
             return False
         self._work(r, [c for c in live if c.name in plan], plan)
         return True
 
-    def _observe(self, r: int, names: list[str] | None = None) -> None:
-        """Tell the planner the samples round ``r``'s centers ``names`` took (default: the
-        centers still live, so a center left out cannot hold the coordinator up); a center
-        whose local work failed counts none."""
-        refs = self._stats.pop(r, None)
-        if refs is None:  # observed already (the planner ignores a round it no longer holds)
-            self.planner.observe(r, 0)
+    def _observe(self, r: int, stats: dict, names: list[str]) -> None:
+        """Tell the planner (once) the samples that the centers ``names`` took in round
+        ``r``, from ``stats`` (center -> ref of its LocalStats); a center left out is not
+        waited for, and one whose local work failed counts none."""
+        if r not in self.planner.inflight():
             return
-        if names is None:
-            names = [n for n in refs if self.centers[n].state == "live"]
         samples = 0
-        for name, ref in refs.items():
-            if name not in names:
+        for name in names:
+            if name not in stats:
                 continue
             try:
-                samples += ray.get(ref, timeout=self.cfg.wan.round_timeout_s + _GRACE_S).samples
+                samples += ray.get(stats[name], timeout=self.cfg.wan.round_timeout_s + _GRACE_S).samples
             except (GetTimeoutError, RayActorError, RayTaskError):
                 pass
         self.planner.observe(r, samples)
@@ -189,7 +186,6 @@ class Coordinator:
             for w in c.workers[1:]:
                 w.local_work.remote(r, p.steps, p.until)
         self._slots[r] = {"live": live, "t0": time.perf_counter(), "stats": stats, "fused": contrib}
-        self._stats[r] = stats
 
     def _send(self, r: int) -> None:
         """Hand round ``r``'s contributions to the gateways (queued behind the local work
@@ -244,6 +240,8 @@ class Coordinator:
             self._event(f"round {r}: {c} left out: {why}")
         if not decision.proceed:
             raise RuntimeError(f"round {r}: no center can commit: {dict(decision.excluded)}")
+        # the budget counts what was reduced (known now: the contributions are in)
+        self._observe(r, stats, list(decision.participants))
         reduced = self._reduce(r, decision, reports)
         self._apply(r, decision, live, reduced, evaluate)
         return _Committed(r, decision, reports, reduced, stats, slot["t0"])
@@ -358,7 +356,6 @@ class Coordinator:
             per_center[name] = {
                 "steps": tot.steps, "samples": tot.samples, "loss": st.loss, "wan_bytes_sent": tot.wan_bytes_sent,
             }
-        self._observe(r, parts)
         t_eval = time.perf_counter()
         eval_loss = None
         if self._eval_ref is not None and self._eval_center in digests:

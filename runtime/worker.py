@@ -117,7 +117,7 @@ class Worker:
         self.strategy = worker_strategy(cfg, spec.center)
         if hasattr(self.strategy, "fragments"):
             self.strategy.fragments = fragment_bounds(self.layout(), cfg.strategy.fragments)
-        # grads (weighted by local samples), then [samples, loss * samples]
+        # grads (weighted by local samples), then [samples, loss * samples, stop flag]
         self._buf = torch.zeros(self.numel + 3, dtype=torch.float32, device=self.device)
         self.round_start = self.params_vector()
         self._store = None

@@ -501,6 +501,11 @@ class Gateway:
             self._inbox.clear()
         return self.round
 
+    def global_params(self) -> torch.Tensor:
+        """A copy of the global parameters (diloco, streaming), for evaluation."""
+        with self._cond:
+            return self.strategy.state()["params"].clone()
+
     def stats(self) -> dict:
         t = self.transport.stats
         return {
