@@ -13,9 +13,10 @@ measured in the same run:
   emulator measures them (bulk TCP through the same relay) just before the transfer.
   ``efficiency`` = goodput / measured rate; the target is >= 0.9.
 * ``ring_vs_star``: four centers on a full mesh of emulated links reduce one dense payload
-  by the gateway's ring schedule and by a star (everyone to one leader, the mean back);
-  wall time, bytes per link as counted by the transports and as counted by the kernel on
-  each shaped interface, and the ring's bytes per center against ``2 (n - 1) / n``.
+  by a star (everyone to one leader, the mean back; the baseline) and by the gateway's ring
+  and two-shot schedules; wall time, bytes per link as counted by the transports and as
+  counted by the kernel on each shaped interface, and the bytes per center against
+  ``2 (n - 1) / n``.
 
 Each transfer is also split, from timestamps the two processes take on the host-wide
 monotonic clock, into ``open_s`` (send called -> receiver's handler entered), ``stream_s``
@@ -343,24 +344,29 @@ def run_ring_vs_star(quick: bool, chunk_bytes: int | None) -> dict[str, Any]:
         k0, r0 = _kernel_bytes(emu), _received(procs)
         star = _reduce_once(procs, "star", 0, seeds, leader=names[0])
         k1, r1 = _kernel_bytes(emu), _received(procs)
-        ring = _reduce_once(procs, "ring", 1, seeds)
+        ring = _reduce_once(procs, "reduce", 1, seeds, schedule="ring")
         k2, r2 = _kernel_bytes(emu), _received(procs)
+        two = _reduce_once(procs, "reduce", 2, seeds, schedule="two_shot")
+        k3, r3 = _kernel_bytes(emu), _received(procs)
         namespaces = [emu.namespace(c) for c in emu.centers]
-    for r, (ka, kb), (ra, rb) in ((star, (k0, k1), (r0, r1)), (ring, (k1, k2), (r1, r2))):
+    for r, (ka, kb), (ra, rb) in (
+        (star, (k0, k1), (r0, r1)), (ring, (k1, k2), (r1, r2)), (two, (k2, k3), (r2, r3))
+    ):
         r["kernel_bytes_per_link"] = _delta(kb, ka)
         received = {k: v for k, v in _delta(rb, ra).items() if v}
         # what each receiving transport counted must equal what the sender counted
         r["received_matches_sent"] = received == r["bytes_per_link"]
     payload = mib * MiB
     n = len(names)
-    for r in (star, ring):
+    for r in (star, ring, two):
         per_center: dict[str, int] = {}
         for link, nbytes in r["bytes_per_link"].items():
             src = link.split("->")[0]
             per_center[src] = per_center.get(src, 0) + nbytes
         r["bytes_sent_per_center"] = dict(sorted(per_center.items()))
         r["max_center_bytes_over_payload"] = max(per_center.values()) / payload
-    ring["theory_bytes_per_center_over_payload"] = 2 * (n - 1) / n
+    for r in (ring, two):
+        r["theory_bytes_per_center_over_payload"] = 2 * (n - 1) / n
     return {
         "centers": n,
         "rate_mbit": rate,
@@ -369,7 +375,9 @@ def run_ring_vs_star(quick: bool, chunk_bytes: int | None) -> dict[str, Any]:
         "payload_bytes": payload,
         "star": star,
         "ring": ring,
+        "two_shot": two,
         "ring_speedup": star["wall_s"] / ring["wall_s"],
+        "two_shot_speedup": star["wall_s"] / two["wall_s"],
         "namespaces": namespaces,
     }
 
@@ -431,13 +439,13 @@ def format_table(res: dict[str, Any]) -> str:
         meas = ", ".join(f"{m['link']} {m['rate_mbit']:.1f}M/{m['rtt_ms']:.1f}ms" for m in rs["measured"])
         lines.append(f"ring vs star: {rs['centers']} centers, full mesh {rs['rate_mbit']}M/{rs['rtt_ms']}ms "
                      f"(measured {meas}), {rs['payload_bytes'] / MiB:.0f} MiB")
-        lines.append(f"  {'':6} {'wall s':>8} {'max MB/link':>12} {'max sent/center':>16} {'max err':>9}")
-        for k in ("star", "ring"):
+        lines.append(f"  {'':8} {'wall s':>8} {'max MB/link':>12} {'max sent/center':>16} {'max err':>9}")
+        for k in ("star", "ring", "two_shot"):
             r = rs[k]
-            lines.append(f"  {k:6} {r['wall_s']:8.2f} {max(r['bytes_per_link'].values()) / 1e6:12.2f} "
+            lines.append(f"  {k:8} {r['wall_s']:8.2f} {max(r['bytes_per_link'].values()) / 1e6:12.2f} "
                          f"{r['max_center_bytes_over_payload']:15.3f}x {r['max_abs_err']:9.1e}")
-        lines.append(f"  ring theory 2(n-1)/n = {rs['ring']['theory_bytes_per_center_over_payload']:.3f}x payload; "
-                     f"ring speedup {rs['ring_speedup']:.2f}x")
+        lines.append(f"  ring and two-shot theory 2(n-1)/n = {rs['ring']['theory_bytes_per_center_over_payload']:.3f}x "
+                     f"payload; over star: ring {rs['ring_speedup']:.2f}x, two-shot {rs['two_shot_speedup']:.2f}x")
     elif "ring_vs_star_skipped" in res:
         lines.append(f"ring vs star: skipped ({res['ring_vs_star_skipped']})")
     return "\n".join(lines)

@@ -19,7 +19,8 @@ Requests (``op`` and its fields)::
     raw_listen nbytes                               -> port of a plain TCP sink (one transfer)
     raw_send  host, port                            -> seconds from first byte to the sink's ack
     star      leader, round, seeds, start_at, timeout_s
-    ring      round, seeds, start_at, timeout_s     -> t_end, digest, max_abs_err, bytes per peer
+    reduce    schedule (ring or two_shot), round, seeds, start_at, timeout_s
+                                                    -> t_end, digest, max_abs_err, bytes per peer
     stats                                           -> the transport's byte counters
 
 Run as ``python -m suanwang.benchmarks.wan_peer --center a --peers b,c --numel N``.
@@ -249,8 +250,12 @@ class Peer:
         self.gw.skip(round)
         return out
 
-    def op_ring(self, round: int, seeds: dict[str, int], start_at: float, timeout_s: float) -> dict[str, Any]:
-        """The gateway's own ring schedule: contribute, reduce (reduce-scatter + all-gather), finish."""
+    def op_reduce(
+        self, schedule: str, round: int, seeds: dict[str, int], start_at: float, timeout_s: float
+    ) -> dict[str, Any]:
+        """One of the gateway's own dense schedules (``ring`` or ``two_shot``): contribute,
+        reduce (reduce-scatter + all-gather), finish."""
+        self.gw.schedule = schedule
         own = self.own
         parts = sorted(seeds)
         self._wait(start_at)
@@ -260,7 +265,7 @@ class Peer:
         t_end = time.monotonic()
         if not rep.ok:
             self.gw.abort(round)
-            raise RuntimeError(f"ring: {rep.error}")
+            raise RuntimeError(f"{schedule}: {rep.error}")
         mean = self.gw.finish(round)
         return {"t_end": t_end, "digest": digest(mean), "max_abs_err": self._check(mean, seeds),
                 "bytes_sent": rep.bytes_sent, "reduce_s": rep.seconds}

@@ -29,24 +29,28 @@ def _mb(n: float) -> str:
 # ------------------------------------------------------------------ plan
 def predict(cfg: JobConfig) -> dict:
     """Predicted WAN bytes and WAN time per round, from the declared links and the default
-    codec: a ring moves ``2 (n - 1) / n`` payloads per center, a gather ``n - 1``.
+    codec: two-shot and ring move ``2 (n - 1) / n`` payloads per center, a gather ``n - 1``.
     """
     from suanwang.models.clip import ClipConfig
-    from suanwang.runtime.wan.gateway import RING_CODECS
+    from suanwang.runtime.wan.gateway import pick_schedule
 
     numel = ClipConfig.preset(cfg.model.size).param_count()
     codec = cfg.codec.build()
     payload = numel * 4 / codec.estimate_ratio(numel)
     n = len(cfg.centers)
-    ring = codec.kind in RING_CODECS and (cfg.wan.schedule == "ring" or (cfg.wan.schedule == "auto" and n >= 3))
-    per_center = payload * (2 * (n - 1) / n if ring else n - 1)
+    schedule = pick_schedule(cfg.wan.schedule, codec.kind, n)
+    per_center = payload * (n - 1 if schedule == "gather" else 2 * (n - 1) / n)
+    # dependent hops (half a round trip each, plus the last ack) and the share of a payload
+    # each link carries
+    hops, share = {"gather": (1, 1.0), "two_shot": (2, 2 / n), "ring": (2 * (n - 1), 2 * (n - 1) / n)}[schedule]
     per_link_s = {
-        "<->".join(sorted(link.between)): payload * 8 / (link.bandwidth_mbit * 1e6) + link.rtt_ms / 1e3
+        "<->".join(sorted(link.between)): share * payload * 8 / (link.bandwidth_mbit * 1e6)
+        + (hops + 1) * link.rtt_ms / 2e3
         for link in cfg.links
     }
     return {
         "parameters": numel,
-        "schedule": "ring" if ring else "gather",
+        "schedule": schedule,
         "payload_bytes": int(payload),
         "wan_bytes_per_round": int(per_center * n),
         "wan_s_per_round": max(per_link_s.values(), default=0.0),

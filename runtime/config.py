@@ -195,9 +195,11 @@ class WanConfig(_Section):
 
     host: str = "127.0.0.1"
     round_timeout_s: Annotated[float, Field(gt=0)] = 120.0
-    # gather: every center sends its payload to every other; ring: reduce-scatter +
-    # all-gather (dense codecs only); auto: ring for dense codecs with 3+ centers.
-    schedule: Literal["auto", "gather", "ring"] = "auto"
+    # gather: every center sends its payload to every other; two_shot: direct
+    # reduce-scatter + all-gather over the full mesh (two hops); ring: the same around a
+    # ring (2 (n - 1) hops). two_shot and ring move 2 (n - 1) / n payloads per center and
+    # take dense codecs only; auto: two_shot for dense codecs with 3+ centers.
+    schedule: Literal["auto", "gather", "two_shot", "ring"] = "auto"
     chunk_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = 1 * 2**20
     max_payload_bytes: Annotated[int, Field(ge=1)] = 8 * 2**30
     # Plaintext gRPC. Only for a single trusted machine (the embedded demo); every run

@@ -4,18 +4,20 @@ A round has three calls, driven by the coordinator:
 
 1. :meth:`Gateway.contribute` takes the center's contribution. Under the ``gather``
    schedule it encodes it (error feedback state kept here), streams it to every live peer
-   and collects theirs until the deadline; under ``ring`` it only keeps it, since the ring
-   needs the participants fixed first.
+   and collects theirs until the deadline; under ``two_shot`` and ``ring`` it only keeps
+   it, since those schedules need the participants fixed first.
 2. :meth:`Gateway.reduce`, once the coordinator has named the participants, computes their
-   sample-weighted mean: locally from the gathered payloads, or by a ring reduce-scatter +
-   all-gather (:mod:`suanwang.runtime.wan.ring`). It applies nothing yet.
+   sample-weighted mean: locally from the gathered payloads, by a direct reduce-scatter +
+   all-gather over the full mesh (:mod:`suanwang.runtime.wan.twoshot`: two hops), or by a
+   ring reduce-scatter + all-gather (:mod:`suanwang.runtime.wan.ring`: ``2 (n - 1)``
+   hops). It applies nothing yet.
 3. :meth:`Gateway.finish` runs the center half of the strategy on that mean (DiLoCo's outer
    step) when every participant reduced; :meth:`Gateway.abort` rolls the round back when
    one failed, so the centers never diverge.
 
-Every gateway reduces the same bytes in the same order (gather: fixed center order; ring:
-each segment is summed once by its owner and its encoded bytes forwarded unchanged), so
-centers end the round bit-identical without a second exchange.
+Every gateway reduces the same bytes in the same order (gather: fixed center order; two-shot
+and ring: each segment is summed once by its owner and its encoded bytes passed on
+unchanged), so centers end the round bit-identical without a second exchange.
 """
 
 from __future__ import annotations
@@ -48,6 +50,23 @@ PAYLOAD_NAME = "g0"  # the payload of the first (often only) tensor group
 RING_CODECS = frozenset(
     {wan_pb2.CODEC_NONE, wan_pb2.CODEC_FP16, wan_pb2.CODEC_BF16, wan_pb2.CODEC_INT8, wan_pb2.CODEC_INT4}
 )
+SCHEDULES = ("auto", "gather", "two_shot", "ring")
+
+
+def pick_schedule(configured: str, codec_kind: int, centers: int, matrix: bool = False) -> str:
+    """The schedule a tensor group runs: ``gather`` for codecs that cannot be summed hop by
+    hop (and matrix-shaped groups), when configured, or with fewer than 3 centers (then
+    every schedule moves the same bytes); else the configured one, ``auto`` meaning
+    ``two_shot``. On the full mesh of gateways two-shot moves what a ring moves,
+    ``2 (n - 1) / n`` payloads per center, in two hops instead of ``2 (n - 1)``, spread
+    over all of a center's links instead of one."""
+    if configured not in SCHEDULES:
+        raise ValueError(f"schedule {configured!r}: expected one of {', '.join(SCHEDULES)}")
+    if codec_kind not in RING_CODECS or matrix or configured == "gather":
+        return "gather"
+    if configured == "auto":
+        return "two_shot" if centers >= 3 else "gather"
+    return configured
 _NAME = re.compile(r"^g(\d+)(?:\.(rs|ag)\.(\d+)\.(\d+))?$")
 
 
@@ -116,7 +135,7 @@ class Gateway:
         numel: length of the flat contribution vector.
         job_id: this job.
         chunk_bytes / max_payload_bytes: wire limits.
-        schedule: ``gather``, ``ring`` or ``auto`` (ring for dense codecs and 3+ centers).
+        schedule: ``gather``, ``two_shot``, ``ring`` or ``auto`` (see :func:`pick_schedule`).
         bandwidth: declared bandwidth between two centers (orders the ring).
         groups: ``[(numel, codec, shape or None), ...]`` splitting the contribution into
             consecutive tensor groups with their own codecs (default: one group with ``codec``).
@@ -141,8 +160,7 @@ class Gateway:
         groups: list[tuple[int, Codec, tuple[int, ...] | None]] | None = None,
         fragments: list[tuple[int, int]] | None = None,
     ):
-        if schedule not in ("auto", "gather", "ring"):
-            raise ValueError(f"schedule {schedule!r}: expected auto, gather or ring")
+        pick_schedule(schedule, wan_pb2.CODEC_NONE, 1)  # refuses an unknown name here
         self.center = center
         self.peers = sorted(peers)
         self.transport = transport
@@ -175,8 +193,9 @@ class Gateway:
         self._cond = threading.Condition()
         # round -> (sender, name) -> (decoded fp32 tensor, samples, encoded bytes as received)
         self._inbox: dict[int, dict[tuple[str, str], tuple[torch.Tensor, int, Encoded]]] = {}
-        # round -> (own contribution, names of the groups reduced by the ring)
-        self._own: dict[int, tuple[torch.Tensor, list[str]]] = {}
+        # round -> (own contribution, {group name: two_shot or ring} for the groups reduced
+        # once the participants are known)
+        self._own: dict[int, tuple[torch.Tensor, dict[str, str]]] = {}
         self._mean: dict[int, torch.Tensor] = {}
         self.round_bytes: dict[int, dict[str, int]] = {}
         self.address: str | None = None
@@ -211,11 +230,8 @@ class Gateway:
         return [g for g in self.groups if a <= g.start and g.stop <= b]
 
     def schedule_for(self, group: Group, centers: int) -> str:
-        """``ring`` (when configured, or on auto with 3+ centers) for groups whose codec can
-        be summed hop by hop; ``gather`` otherwise."""
-        if group.codec.kind not in RING_CODECS or group.shape is not None or self.schedule == "gather":
-            return "gather"
-        return "ring" if self.schedule == "ring" or centers >= 3 else "gather"
+        """:func:`pick_schedule` for ``group`` among ``centers`` centers."""
+        return pick_schedule(self.schedule, group.codec.kind, centers, group.shape is not None)
 
     # ------------------------------------------------------------ inbound (transport threads)
     def _round_ok(self, r: int) -> bool:
@@ -315,6 +331,29 @@ class Gateway:
                 log.warning("%s: round %d: sending to %s failed: %s", self.center, round, peer, res.error)
         return sent
 
+    def send_async(self, round: int, peers: list[str], name: str, enc: Encoded, deadline: float):
+        """Start sending one payload to ``peers``; :meth:`settle` the returned future."""
+        items = [(Meta(self.job_id, round, self.center, name, 0), enc)]
+        return self.transport.send_batch_async(peers, items, timeout=max(0.1, deadline - time.time()))
+
+    def settle(self, round: int, futures: list, deadline: float) -> None:
+        """Wait for sends started by :meth:`send_async`; count their bytes.
+
+        Raises:
+            ReduceError: a send failed or did not finish by ``deadline``.
+        """
+        errors = []
+        for fut in futures:
+            try:
+                sent = fut.result(timeout=max(0.0, deadline - time.time()) + 1.0)
+            except Exception as err:  # noqa: BLE001 - a timeout or the transport's failure
+                errors.append(f"{type(err).__name__}: {err}")
+                continue
+            self._count(round, sent)
+            errors += [f"to {p}: {res.error}" for p, res in sent.items() if res.error]
+        if errors:
+            raise ReduceError(f"round {round}: sending failed: {'; '.join(errors)}")
+
     def wait_for(self, round: int, keys: list[tuple[str, str]], deadline: float) -> list[tuple[str, str]]:
         """Wait until the inbox holds ``keys`` or the deadline passes; returns the missing."""
         with self._cond:
@@ -351,10 +390,11 @@ class Gateway:
             raise ValueError(f"{self.center}: round {round} contribution has {own.numel()} elements, expected {b - a}")
         peers = [p for p in self.peers if live is None or p in live]
         active = self.groups_of(round)
-        ring = [g.name for g in active if self.schedule_for(g, len(peers) + 1) == "ring"]
-        gather = [g for g in active if g.name not in ring]
-        if ring:
-            self._own[round] = (own, ring)
+        kinds = {g.name: self.schedule_for(g, len(peers) + 1) for g in active}
+        later = {g.name: kinds[g.name] for g in active if kinds[g.name] != "gather"}
+        gather = [g for g in active if g.name not in later]
+        if later:
+            self._own[round] = (own, later)
         encode_s, sent = 0.0, {}
         t1 = time.perf_counter()
         batch = []
@@ -374,9 +414,10 @@ class Gateway:
             log.warning("%s: round %d: deadline passed without %s", self.center, round, sorted({m[0] for m in missing}))
         with self._cond:
             box = self._inbox.get(round, {})
-            # with nothing gathered, every live center qualifies (the ring runs after)
+            # with nothing gathered, every live center qualifies (the rest runs after)
             held = sorted(c for c in [self.center, *peers] if all((c, g.name) in box for g in gather))
-        schedule = "gather" if not ring else "ring" if not gather else "mixed"
+        used = set(kinds.values())
+        schedule = used.pop() if len(used) == 1 else "mixed" if used else "gather"
         return Contribution(
             self.center, round, schedule, held, int(samples), sent, encode_s,
             time.perf_counter() - t1 - encode_s,
@@ -389,18 +430,21 @@ class Gateway:
         """
         t0 = time.perf_counter()
         try:
-            own, ring = self._own.pop(round, (None, []))
+            own, later = self._own.pop(round, (None, {}))
             a, b = self.span_of(round)
             mean = torch.empty(b - a, dtype=torch.float32)
-            if ring:
+            if later:
                 from suanwang.runtime.wan.ring import ring_allreduce
+                from suanwang.runtime.wan.twoshot import two_shot_allreduce
 
-                order = ring_order(participants, self.bandwidth)
                 weight = samples[self.center] / sum(samples[p] for p in participants)
             for g in self.groups_of(round):
                 lo, hi = g.start - a, g.stop - a
-                if g.name in ring:
+                if later.get(g.name) == "ring":
+                    order = ring_order(participants, self.bandwidth)
                     mean[lo:hi] = ring_allreduce(self, round, order, g, own[lo:hi] * weight, deadline)
+                elif g.name in later:
+                    mean[lo:hi] = two_shot_allreduce(self, round, sorted(participants), g, own[lo:hi] * weight, deadline)
                 else:
                     mean[lo:hi] = self._gathered_mean(round, g.name, participants)
             self._mean[round] = mean

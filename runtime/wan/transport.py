@@ -347,6 +347,14 @@ class GrpcTransport:
         payload). Results are summed per peer; the first error is kept."""
         return self._run(self._send_all(list(peers), items, timeout))
 
+    def send_batch_async(
+        self, peers: Iterable[str], items: list[tuple[Meta, Encoded]], timeout: float
+    ) -> Future:
+        """:meth:`send_batch` without waiting: a future of its result. The payloads reach the
+        peers about half a round trip before their acks come back; a schedule whose next
+        step waits on what peers send, not on acks, joins the future at its end."""
+        return asyncio.run_coroutine_threadsafe(self._send_all(list(peers), items, timeout), self._loop)
+
     async def _send_all(self, peers, items, timeout) -> dict[str, SendResult]:
         results = await asyncio.gather(
             *(self._send_one(p, meta, enc, timeout) for p in peers for meta, enc in items)

@@ -120,14 +120,17 @@ def test_shaped_and_ring_quick(tmp_path, no_leftovers) -> None:
     rs = res["ring_vs_star"]
     payload, n = rs["payload_bytes"], rs["centers"]
     assert rs["measured"] and all(m["rate_mbit"] > 0.8 * rs["rate_mbit"] for m in rs["measured"])
-    ring, star = rs["ring"], rs["star"]
-    # counted bytes: each center sends 2 (n - 1) / n of the payload around the ring
-    for center, sent in ring["bytes_sent_per_center"].items():
-        assert sent / payload == pytest.approx(2 * (n - 1) / n, rel=1e-3), center
+    ring, star, two = rs["ring"], rs["star"], rs["two_shot"]
+    # counted bytes: each center sends 2 (n - 1) / n of the payload, around the ring or
+    # spread over all its links
+    for r in (ring, two):
+        for center, sent in r["bytes_sent_per_center"].items():
+            assert sent / payload == pytest.approx(2 * (n - 1) / n, rel=1e-3), center
     assert len(ring["bytes_per_link"]) == n  # one successor each
+    assert len(two["bytes_per_link"]) == n * (n - 1)  # every ordered pair
     assert max(star["bytes_sent_per_center"].values()) / payload == pytest.approx(n - 1, rel=1e-3)
     assert len(star["bytes_per_link"]) == 2 * (n - 1)
-    for r in (ring, star):
+    for r in (ring, star, two):
         assert r["max_abs_err"] < 1e-5
         assert r["received_matches_sent"]
         assert r["wall_s"] > 0

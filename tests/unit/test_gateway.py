@@ -297,6 +297,88 @@ def test_ring_failure_is_reported_and_round_rolls_back(gateways):
         assert gws[n].round == 1
 
 
+# ------------------------------------------------------------------ two-shot schedule
+
+
+def test_two_shot_matches_gather_bitwise_everywhere_over_every_link(gateways):
+    names = ("a", "b", "c", "d")
+    gws = gateways(names, schedule="two_shot")
+    g = torch.Generator().manual_seed(7)
+    tensors = {n: torch.randn(NUMEL, generator=g) for n in names}
+    samples = {"a": 10, "b": 20, "c": 30, "d": 40}
+    reps = run_round(gws, 0, tensors, samples)
+    assert {rep.schedule for rep in reps.values()} == {"two_shot"}
+    assert all(not rep.sent for rep in reps.values()), "nothing moves before the participants are known"
+    out = commit(gws, 0, list(names), samples)
+    assert len({digest(t) for t in out.values()}) == 1
+    ref = -sum(tensors[n].double() * samples[n] for n in names) / sum(samples.values())
+    torch.testing.assert_close(out["a"].double(), ref, rtol=1e-5, atol=1e-5)
+    n = len(names)
+    for name in names:
+        per_peer = gws[name].round_bytes[0]
+        assert sorted(per_peer) == sorted(set(names) - {name}), "two-shot talks to every peer"
+        theory = 2 * (n - 1) / n * NUMEL * 4
+        assert abs(sum(per_peer.values()) - theory) / theory < 0.03, (name, per_peer, theory)
+        assert not gws[name]._inbox.get(0), "every segment consumed"
+
+
+def test_two_shot_with_a_lossy_codec_agrees_bitwise_and_keeps_int8_error(gateways):
+    from suanwang.runtime.compress.registry import make_codec
+
+    names = ("a", "b", "c")
+    gws = gateways(names, schedule="two_shot")
+    for gw in gws.values():
+        for grp in gw.groups:
+            grp.codec = make_codec("int8")
+    g = torch.Generator().manual_seed(8)
+    tensors = {n: torch.randn(NUMEL, generator=g) for n in names}
+    samples = {"a": 1, "b": 1, "c": 2}
+    run_round(gws, 0, tensors, samples)
+    out = commit(gws, 0, list(names), samples)
+    assert len({digest(t) for t in out.values()}) == 1
+    ref = -sum(tensors[n] * samples[n] for n in names) / 4
+    err = (out["b"] - ref).abs().max().item()
+    assert 0 < err < 0.05, err  # two int8 roundings of values within a few units
+
+
+def test_two_shot_failure_is_reported_and_round_rolls_back(gateways):
+    names = ("a", "b", "c")
+    gws = gateways(names, schedule="two_shot", faults=(LinkFault("b", "partition", rounds=(0, 0)),))
+    before = {n: digest(gws[n].strategy.params) for n in names}
+    run_round(gws, 0, {n: torch.ones(NUMEL) for n in names}, {n: 1 for n in names})
+    deadline = time.time() + 2
+    t0 = time.time()
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        reps = dict(zip(names, ex.map(lambda n: gws[n].reduce(0, list(names), {m: 1 for m in names}, deadline), names)))
+    assert time.time() - t0 < 6
+    assert not reps["b"].ok and "partitioned" in reps["b"].error, reps["b"]
+    for n in ("a", "c"):  # b's segments never came
+        assert not reps[n].ok and "did not arrive" in reps[n].error and "'b'" in reps[n].error, reps[n]
+    for n in names:
+        back = gws[n].abort(0)
+        assert digest(back) == before[n] == digest(gws[n].strategy.params)
+        assert gws[n].round == 1
+    # the next round is not scripted: the schedule works again
+    tensors = {n: torch.full((NUMEL,), float(i)) for i, n in enumerate(names)}
+    run_round(gws, 1, tensors, {n: 1 for n in names})
+    out = commit(gws, 1, list(names), {n: 1 for n in names})
+    assert len({digest(t) for t in out.values()}) == 1
+
+
+def test_pick_schedule():
+    from suanwang.runtime.wan.gateway import pick_schedule
+
+    int8, topk = wan_pb2.CODEC_INT8, wan_pb2.CODEC_TOPK
+    assert pick_schedule("auto", int8, 3) == "two_shot"
+    assert pick_schedule("auto", int8, 2) == "gather"  # every schedule moves one payload each way
+    assert pick_schedule("ring", int8, 4) == "ring"
+    assert pick_schedule("two_shot", int8, 2) == "two_shot"
+    assert pick_schedule("two_shot", topk, 4) == "gather"  # sparse payloads cannot be summed on the way
+    assert pick_schedule("auto", int8, 4, matrix=True) == "gather"
+    with pytest.raises(ValueError, match="schedule 'star': expected one of auto, gather, two_shot, ring"):
+        pick_schedule("star", int8, 3)
+
+
 @pytest.mark.parametrize(
     "action, extra, expect_held, reason",
     [
