@@ -93,8 +93,14 @@ def test_demo_cli_trains_agrees_counts_bytes_and_leaves_nothing(tmp_path):
     _assert_gone(seen)
 
 
-def test_diloco_with_h1_and_plain_outer_sgd_matches_sync(local_ray):
-    common = dict(optimizer={"kind": "sgd", "lr": 0.05})
+@pytest.mark.parametrize("codec", ["none", "int8"])
+def test_diloco_with_h1_and_plain_outer_sgd_matches_sync(local_ray, codec):
+    """Exactly (float rounding) with fp32 payloads. With int8, sync quantizes gradients and
+    diloco the same gradients times the learning rate: the quantizer is scale-invariant up
+    to values landing on the other side of a rounding boundary, so a few elements (under
+    0.2%; ~86 of 104k measured, with either dense schedule) differ by a quantization step
+    of ``lr * grad`` (about 1e-5 here), and no others move."""
+    common = dict(optimizer={"kind": "sgd", "lr": 0.05}, codec={"kind": codec})
     sync_cfg = parse_config(small_config(strategy={"kind": "sync"}, **common), environ={})
     dil_cfg = parse_config(
         small_config(strategy={"kind": "diloco", "inner_steps": 1, "outer_lr": 1.0, "outer_momentum": 0.0, "nesterov": False}, **common),
@@ -104,8 +110,12 @@ def test_diloco_with_h1_and_plain_outer_sgd_matches_sync(local_ray):
     b = Job(dil_cfg, demo_functions(dil_cfg)).run()
     assert a.params_agree and b.params_agree
     assert a.rounds == b.rounds == 6
-    moved = (a.final_params - b.final_params).abs().max()
-    assert moved < 1e-5, moved
+    diff = (a.final_params - b.final_params).abs()
+    if codec == "none":
+        assert diff.max() < 1e-6, diff.max()
+    else:
+        assert (diff > 1e-6).float().mean() < 2e-3, int((diff > 1e-6).sum())
+        assert diff.max() < 1e-4, diff.max()
     # and training did move the parameters (the comparison is not between two no-ops)
     cfg0 = parse_config(small_config(), environ={})
     torch.manual_seed(cfg0.job.seed)

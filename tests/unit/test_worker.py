@@ -1,0 +1,107 @@
+"""A worker's inner steps, without Ray: gradients live in the flat buffer the center
+all-reduces, and the steps equal a plain PyTorch loop bit for bit, whatever the user's
+callables do to ``.grad``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import yaml
+
+from suanwang.launch.demo import demo_functions
+from suanwang.runtime import parse_config
+from suanwang.runtime.config import demo_config_path
+from suanwang.runtime.functions import DataShard
+from suanwang.runtime.worker import Worker, WorkerSpec, default_optimizer
+
+
+def _cfg(**strategy):
+    d = yaml.safe_load(demo_config_path().read_text())
+    d["centers"] = [{"name": "a", "workers": 1}]
+    d["links"] = []
+    if strategy:
+        d["strategy"] = strategy
+    return parse_config(d, environ={})
+
+
+def _worker(cfg, fns) -> Worker:
+    return Worker(WorkerSpec("a", 0, 1, 0, 1), cfg, fns)
+
+
+def _reference(cfg, fns, steps: int) -> tuple[torch.Tensor, list[float]]:
+    """The same steps as a plain loop: seed, model, the config's optimizer, the shard."""
+    torch.manual_seed(cfg.job.seed)
+    model = fns.model_fn()
+    opt = default_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    data = fns.data_fn(DataShard("a", 0, 1, 0, 1, cfg.job.seed))
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = fns.loss_fn(model, next(data))
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]), losses
+
+
+def _params(w: Worker) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in w.model.parameters()])
+
+
+def test_gradients_are_views_of_the_buffer_and_steps_match_a_plain_loop():
+    cfg = _cfg()
+    fns = demo_functions(cfg)
+    w = _worker(cfg, fns)
+    start = w._buf.data_ptr()
+    stats = w.train_steps(4)
+    assert stats.steps == 4 and stats.samples == 4 * cfg.data.batch_size
+    assert w._grads_in_buffer()
+    for p in w.params:  # every gradient lives inside the one buffer
+        assert start <= p.grad.data_ptr() < start + 4 * w.numel
+    assert torch.equal(w.gradient_vector(), torch.cat([p.grad.reshape(-1) for p in w.params]))
+    ref, _ = _reference(cfg, fns, 4)
+    assert torch.equal(_params(w), ref)
+
+
+def test_a_loss_function_that_drops_the_gradients_still_trains_exactly():
+    cfg = _cfg()
+    fns = demo_functions(cfg)
+
+    def careless_loss(model, batch):
+        model.zero_grad(set_to_none=True)  # drops the views: backward allocates new grads
+        return fns.loss_fn(model, batch)
+
+    w = _worker(cfg, dataclasses.replace(fns, loss_fn=careless_loss))
+    w.train_steps(3)
+    assert w._grads_in_buffer(), "the views are attached again after a step"
+    ref, _ = _reference(cfg, fns, 3)
+    assert torch.equal(_params(w), ref)
+
+
+def test_a_float64_model_takes_the_copying_path():
+    cfg = _cfg()
+    fns = demo_functions(cfg)
+
+    def model64():
+        return fns.model_fn().double()
+
+    def loss64(model, batch):
+        images, tokens = batch
+        return fns.loss_fn(model, (images.double(), tokens))
+
+    w = _worker(cfg, dataclasses.replace(fns, model_fn=model64, loss_fn=loss64))
+    assert w._views is None
+    before = _params(w).clone()
+    w.train_steps(2)
+    assert all(p.grad.dtype == torch.float64 for p in w.params)
+    assert not torch.equal(_params(w), before)
+
+
+@pytest.mark.parametrize("device, fused", [("cpu", True), ("meta", None)])
+def test_default_adamw_is_fused_where_torch_has_the_kernel(device, fused):
+    cfg = _cfg()
+    p = torch.nn.Parameter(torch.zeros(3, device=device))
+    opt = default_optimizer(cfg, [p])
+    assert opt.defaults["fused"] is fused
