@@ -444,7 +444,9 @@ class Gateway:
                     order = ring_order(participants, self.bandwidth)
                     mean[lo:hi] = ring_allreduce(self, round, order, g, own[lo:hi] * weight, deadline)
                 elif g.name in later:
-                    mean[lo:hi] = two_shot_allreduce(self, round, sorted(participants), g, own[lo:hi] * weight, deadline)
+                    total = sum(samples[p] for p in participants)
+                    weights = {p: samples[p] / total for p in participants}
+                    mean[lo:hi] = two_shot_allreduce(self, round, sorted(participants), g, own[lo:hi], weights, deadline)
                 else:
                     mean[lo:hi] = self._gathered_mean(round, g.name, participants)
             self._mean[round] = mean

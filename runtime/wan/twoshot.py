@@ -15,7 +15,10 @@ half a round trip, the ring's latency grows with the centers and this one does n
 are not waited on between the hops: a hop waits for the peers' payloads, which arrive
 about half a round trip before the acks of its own.
 
-The owner's sum is encoded again, without error feedback, as a ring's partial sums are.
+Both hops round with error feedback: what rounding took off a center's segments, and off
+an owner's sum, this round is added to the same values the next time the group is reduced
+(kept in the group's codec state as ``residual`` and ``owner_residual``, so checkpoints
+carry them), so rounding errors do not pile up over rounds however alike the rounds are.
 """
 
 from __future__ import annotations
@@ -31,10 +34,17 @@ if TYPE_CHECKING:
 
 
 def two_shot_allreduce(
-    gw: "Gateway", round: int, order: list[str], group: "Group", weighted: torch.Tensor, deadline: float
+    gw: "Gateway",
+    round: int,
+    order: list[str],
+    group: "Group",
+    own: torch.Tensor,
+    weights: dict[str, float],
+    deadline: float,
 ) -> torch.Tensor:
-    """Sum ``weighted`` (this center's part of ``group``, times its weight) over ``order``
-    (the participants; the same list, in the same order, on every center).
+    """The ``weights``-weighted sum of every participant's part of ``group`` (``own`` is
+    this center's) over ``order`` (the participants; the same list, in the same order, on
+    every center).
 
     Raises:
         ReduceError: a send failed, or a segment did not arrive before ``deadline``.
@@ -43,9 +53,11 @@ def two_shot_allreduce(
 
     n = len(order)
     i = order.index(gw.center)
-    bounds = segments(weighted.numel(), n)
+    bounds = segments(own.numel(), n)
     a, b = bounds[i]
     peers = [p for p in order if p != gw.center]
+    residual, owner_residual = (_state(group, key, own.numel()) for key in ("residual", "owner_residual"))
+    x = own + residual
     sends, lent = [], []
 
     def send(to: list[str], name: str, enc) -> None:
@@ -64,14 +76,20 @@ def two_shot_allreduce(
         for s, owner in enumerate(order):
             if owner != gw.center:
                 lo, hi = bounds[s]
-                send([owner], f"{group.name}.rs.{n}.{s}", group.codec.encode(weighted[lo:hi].contiguous()))
-        acc = weighted[a:b].clone()
+                enc = group.codec.encode(x[lo:hi])
+                residual[lo:hi] = x[lo:hi] - decode(enc)
+                send([owner], f"{group.name}.rs.{n}.{s}", enc)
+        residual[a:b] = 0.0  # the owner's own values enter its sum exactly
+        acc = x[a:b] * weights[gw.center]
         # summed in participant order, whatever order the parts arrived in
-        for part in receive([(p, f"{group.name}.rs.{n}.{i}") for p in peers], f"segment {i} of {group.name}"):
-            acc.add_(part)
+        for p, part in zip(peers, receive([(p, f"{group.name}.rs.{n}.{i}") for p in peers], f"segment {i} of {group.name}")):
+            acc.add_(part, alpha=weights[p])
+        acc.add_(owner_residual[a:b])
+        owner_residual.zero_()  # a segment owned before (other participants) starts afresh
         enc = group.codec.encode(acc)
-        out = torch.empty_like(weighted)
+        out = torch.empty_like(own)
         out[a:b] = decode(enc)
+        owner_residual[a:b] = acc - out[a:b]
         send(peers, f"{group.name}.ag.{n}.{i}", enc)
         keys = [(p, f"{group.name}.ag.{n}.{order.index(p)}") for p in peers]
         for (p, _), value in zip(keys, receive(keys, f"reduced segments of {group.name}")):
@@ -89,3 +107,10 @@ def two_shot_allreduce(
     if failure is not None:
         raise failure
     return out
+
+
+def _state(group: "Group", key: str, numel: int) -> torch.Tensor:
+    t = group.state.tensors.get(key)
+    if t is None or t.numel() != numel:
+        t = group.state.tensors[key] = torch.zeros(numel, dtype=torch.float32)
+    return t

@@ -341,6 +341,36 @@ def test_two_shot_with_a_lossy_codec_agrees_bitwise_and_keeps_int8_error(gateway
     assert 0 < err < 0.05, err  # two int8 roundings of values within a few units
 
 
+def test_two_shot_error_feedback_keeps_rounding_from_piling_up(gateways):
+    """The same contributions every round: without error feedback int4 rounds them the same
+    way each time, and the outer SGD (lr 1) adds that error up round after round; with it,
+    the error after K rounds stays about one round's."""
+    from suanwang.runtime.compress.registry import make_codec
+    from suanwang.runtime.topology import segments
+
+    names, rounds = ("a", "b", "c"), 8
+    gws = gateways(names, schedule="two_shot")
+    for gw in gws.values():
+        for grp in gw.groups:
+            grp.codec = make_codec("int4")
+    g = torch.Generator().manual_seed(9)
+    tensors = {n: torch.randn(NUMEL, generator=g) for n in names}
+    samples = {"a": 1, "b": 2, "c": 1}
+    ref = sum(tensors[n].double() * samples[n] for n in names) / 4
+    errors = []
+    for r in range(rounds):
+        run_round(gws, r, tensors, samples)
+        out = commit(gws, r, list(names), samples)
+        assert len({digest(t) for t in out.values()}) == 1
+        errors.append((out["a"].double() + (r + 1) * ref).abs().max().item())
+    assert errors[0] > 0.01  # int4 does round
+    assert errors[-1] < 2 * errors[0], errors  # without feedback: ~rounds * errors[0]
+    state = gws["b"].groups[0].state.tensors
+    lo, hi = segments(NUMEL, 3)[1]  # b owns the middle segment
+    assert not state["residual"][lo:hi].any() and state["residual"][:lo].abs().max() > 0
+    assert state["owner_residual"][lo:hi].abs().max() > 0 and not state["owner_residual"][:lo].any()
+
+
 def test_two_shot_failure_is_reported_and_round_rolls_back(gateways):
     names = ("a", "b", "c")
     gws = gateways(names, schedule="two_shot", faults=(LinkFault("b", "partition", rounds=(0, 0)),))
