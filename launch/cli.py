@@ -40,12 +40,12 @@ def predict(cfg: JobConfig) -> dict:
     n = len(cfg.centers)
     schedule = pick_schedule(cfg.wan.schedule, codec.kind, n)
     per_center = payload * (n - 1 if schedule == "gather" else 2 * (n - 1) / n)
-    # dependent hops (half a round trip each, plus the last ack) and the share of a payload
-    # each link carries
-    hops, share = {"gather": (1, 1.0), "two_shot": (2, 2 / n), "ring": (2 * (n - 1), 2 * (n - 1) / n)}[schedule]
+    # half round trips in a row (gather: send, ack; two-shot: two hops, the last ack; ring:
+    # each of its 2 (n - 1) steps waits for its ack) and the share of a payload per link
+    halves, share = {"gather": (2, 1.0), "two_shot": (3, 2 / n), "ring": (4 * (n - 1), 2 * (n - 1) / n)}[schedule]
     per_link_s = {
         "<->".join(sorted(link.between)): share * payload * 8 / (link.bandwidth_mbit * 1e6)
-        + (hops + 1) * link.rtt_ms / 2e3
+        + halves * link.rtt_ms / 2e3
         for link in cfg.links
     }
     return {

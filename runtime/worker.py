@@ -124,7 +124,7 @@ class Worker:
             self.strategy.fragments = fragment_bounds(self.layout(), cfg.strategy.fragments)
         # grads (weighted by local samples), then [samples, loss * samples, stop flag]
         self._buf = torch.zeros(self.numel + 3, dtype=torch.float32, device=self.device)
-        self._views = self._attach_grad_views()
+        self._views = self._attach_grad_views(copy=True)
         self.round_start = self.params_vector()
         self._store = None
         self._group_ready = False
@@ -162,11 +162,15 @@ class Worker:
             self._group_ready = False
 
     # ------------------------------------------------------------ local computation
-    def _attach_grad_views(self) -> list[torch.Tensor] | None:
+    def _attach_grad_views(self, copy: bool) -> list[torch.Tensor] | None:
         """Make every parameter's ``.grad`` a view of the flat buffer (as DDP's
         ``gradient_as_bucket_view`` does): backward accumulates straight into what the
-        center all-reduces, and no step copies gradients in or out. ``None`` (the copying
-        path) where a parameter is not fp32 on the buffer's device."""
+        center all-reduces, and no step copies gradients in or out. With ``copy`` the views
+        take the gradients' current values, else they keep the buffer's. ``None`` (the
+        copying path) where a parameter is not fp32 on the buffer's device.
+
+        A trainable parameter that gets no gradient then steps with a zero one (AdamW's
+        momentum still moves it), as it would after ``zero_grad(set_to_none=False)``."""
         if any(p.dtype != torch.float32 or p.device != self._buf.device for p in self.params):
             return None
         views, offset = [], 0
@@ -175,7 +179,7 @@ class Worker:
             offset += p.numel()
         with torch.no_grad():
             for p, v in zip(self.params, views):
-                if p.grad is not None:
+                if copy and p.grad is not None:
                     v.copy_(p.grad)
                 p.grad = v
         return views
@@ -213,8 +217,8 @@ class Worker:
             total, loss_sum, stops = buf[self.numel :].tolist()  # one read of the device
             buf[: self.numel].div_(total)
             n, loss, stop = int(round(total)), loss_sum / total, stops > 0
-        if copied:  # the gradients become views of the buffer again
-            self._views = self._attach_grad_views()
+        if copied:  # the gradients become views of the (reduced) buffer again
+            self._views = self._attach_grad_views(copy=False)
             if self._views is None:
                 for p in self.params:
                     if p.grad is None:
@@ -322,11 +326,15 @@ class Worker:
             ValueError: the file does not fit this model (naming the file).
         """
         sd = torch.load(path, map_location=self.device, weights_only=True)
+        # the kernel choice is this worker's (its device), not the checkpoint writer's
+        kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in self.optimizer.param_groups]
         try:
             self.model.load_state_dict(sd["model"])
             self.optimizer.load_state_dict(sd["optimizer"])
         except (RuntimeError, KeyError, ValueError) as err:
             raise ValueError(f"checkpoint {path} does not fit this model: {err}") from None
+        for group, flags in zip(self.optimizer.param_groups, kernels):
+            group.update(flags)
         self.round_start = sd["round_start"].cpu()
         self.strategy.load_state_dict(sd.get("strategy") or {})
         torch.set_rng_state(sd["rng"])

@@ -166,6 +166,11 @@ class BaseCodec(Codec):
                 return Encoded(self.kind, shape, dtype, packed, params)
         return Encoded(self.kind, shape, dtype, data, params, _release=lambda: self._pool.give(buffer))
 
+    def sanitize(self, x: torch.Tensor) -> torch.Tensor:
+        """This codec's NaN/Inf policy applied to ``x`` (ValueError, or the bad values as
+        zeros), for a caller that keeps error feedback of its own around :meth:`encode`."""
+        return self._check_finite(x)
+
     def _check_finite(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the NaN/Inf policy; costs one read of ``x`` when all is finite."""
         if x.numel() == 0:

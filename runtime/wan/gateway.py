@@ -67,6 +67,8 @@ def pick_schedule(configured: str, codec_kind: int, centers: int, matrix: bool =
     if configured == "auto":
         return "two_shot" if centers >= 3 else "gather"
     return configured
+
+
 _NAME = re.compile(r"^g(\d+)(?:\.(rs|ag)\.(\d+)\.(\d+))?$")
 
 
@@ -332,38 +334,64 @@ class Gateway:
         return sent
 
     def send_async(self, round: int, peers: list[str], name: str, enc: Encoded, deadline: float):
-        """Start sending one payload to ``peers``; :meth:`settle` the returned future."""
+        """Start sending one payload to ``peers``; :meth:`settle` the returned future. Its
+        completion wakes :meth:`wait_for`, so a failed send need not wait out a deadline."""
         items = [(Meta(self.job_id, round, self.center, name, 0), enc)]
-        return self.transport.send_batch_async(peers, items, timeout=max(0.1, deadline - time.time()))
+        fut = self.transport.send_batch_async(peers, items, timeout=max(0.1, deadline - time.time()))
+        fut.add_done_callback(self._wake)
+        return fut
 
-    def settle(self, round: int, futures: list, deadline: float) -> None:
-        """Wait for sends started by :meth:`send_async`; count their bytes.
+    @staticmethod
+    def send_failure(fut) -> str | None:
+        """What went wrong with a finished :meth:`send_async` (``None``: nothing)."""
+        if fut.cancelled():
+            return "cancelled"
+        if fut.exception() is not None:
+            return f"{type(fut.exception()).__name__}: {fut.exception()}"
+        return "; ".join(f"to {p}: {res.error}" for p, res in fut.result().items() if res.error) or None
+
+    def settle(self, round: int, sends: list[tuple[str, object]], deadline: float) -> None:
+        """Wait for ``(payload name, future)`` pairs from :meth:`send_async` until the
+        deadline; count their bytes. A send still running then is cancelled.
 
         Raises:
-            ReduceError: a send failed or did not finish by ``deadline``.
+            ReduceError: naming each payload whose send failed or did not finish.
         """
         errors = []
-        for fut in futures:
+        for name, fut in sends:
             try:
-                sent = fut.result(timeout=max(0.0, deadline - time.time()) + 1.0)
-            except Exception as err:  # noqa: BLE001 - a timeout or the transport's failure
-                errors.append(f"{type(err).__name__}: {err}")
+                fut.result(timeout=max(0.0, deadline - time.time()))
+            except Exception:  # noqa: BLE001 - reported below, as send_failure reads it
+                pass
+            if not fut.done():
+                fut.cancel()
+                errors.append(f"{name}: not finished in time (cancelled)")
                 continue
-            self._count(round, sent)
-            errors += [f"to {p}: {res.error}" for p, res in sent.items() if res.error]
+            why = self.send_failure(fut)
+            if not fut.cancelled() and fut.exception() is None:
+                self._count(round, fut.result())
+            if why:
+                errors.append(f"{name}: {why}")
         if errors:
             raise ReduceError(f"round {round}: sending failed: {'; '.join(errors)}")
 
-    def wait_for(self, round: int, keys: list[tuple[str, str]], deadline: float) -> list[tuple[str, str]]:
-        """Wait until the inbox holds ``keys`` or the deadline passes; returns the missing."""
+    def wait_for(
+        self, round: int, keys: list[tuple[str, str]], deadline: float, stop: Callable[[], bool] | None = None
+    ) -> list[tuple[str, str]]:
+        """Wait until the inbox holds ``keys``, the deadline passes or ``stop()`` (checked on
+        every wake-up) says to give up; returns the missing."""
         with self._cond:
             while True:
                 box = self._inbox.get(round, {})
                 missing = [k for k in keys if k not in box]
                 left = deadline - time.time()
-                if not missing or left <= 0:
+                if not missing or left <= 0 or (stop is not None and stop()):
                     return missing
                 self._cond.wait(left)
+
+    def _wake(self, *_: object) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def take(self, round: int, key: tuple[str, str]) -> tuple[torch.Tensor, int, Encoded]:
         with self._cond:
@@ -393,6 +421,15 @@ class Gateway:
         kinds = {g.name: self.schedule_for(g, len(peers) + 1) for g in active}
         later = {g.name: kinds[g.name] for g in active if kinds[g.name] != "gather"}
         gather = [g for g in active if g.name not in later]
+        for g in active:
+            if g.name in later and hasattr(g.codec, "sanitize"):
+                # what gather's encode would refuse (or zero) is refused here, before any
+                # error feedback or peer sees it, and the center sits the round out
+                part = own[g.start - a : g.stop - a]
+                clean = g.codec.sanitize(part)
+                if clean is not part:
+                    own = own.clone()
+                    own[g.start - a : g.stop - a] = clean
         if later:
             self._own[round] = (own, later)
         encode_s, sent = 0.0, {}
@@ -438,10 +475,11 @@ class Gateway:
                 from suanwang.runtime.wan.twoshot import two_shot_allreduce
 
                 weight = samples[self.center] / sum(samples[p] for p in participants)
+                if "ring" in later.values():
+                    order = ring_order(participants, self.bandwidth)
             for g in self.groups_of(round):
                 lo, hi = g.start - a, g.stop - a
                 if later.get(g.name) == "ring":
-                    order = ring_order(participants, self.bandwidth)
                     mean[lo:hi] = ring_allreduce(self, round, order, g, own[lo:hi] * weight, deadline)
                 elif g.name in later:
                     total = sum(samples[p] for p in participants)

@@ -23,6 +23,7 @@ carry them), so rounding errors do not pile up over rounds however alike the rou
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -58,15 +59,26 @@ def two_shot_allreduce(
     peers = [p for p in order if p != gw.center]
     residual, owner_residual = (_state(group, key, own.numel()) for key in ("residual", "owner_residual"))
     x = own + residual
-    sends, lent = [], []
+    sends: list[tuple[str, object]] = []
+    lent = []
 
     def send(to: list[str], name: str, enc) -> None:
-        lent.append(enc)  # its buffer goes back to the codec once the send has settled
-        sends.append(gw.send_async(round, to, name, enc, deadline))
+        lent.append(enc)  # its buffer goes back to the codec once its send is over
+        sends.append((name, gw.send_async(round, to, name, enc, deadline)))
+
+    def failed_send() -> str | None:
+        for name, fut in sends:
+            why = gw.send_failure(fut) if fut.done() else None
+            if why:
+                return f"{name}: {why}"
+        return None
 
     def receive(keys: list[tuple[str, str]], what: str) -> list[torch.Tensor]:
-        missing = gw.wait_for(round, keys, deadline)
+        missing = gw.wait_for(round, keys, deadline, stop=lambda: failed_send() is not None)
         if missing:
+            why = failed_send()
+            if why:  # no use waiting for the rest: the round cannot complete
+                raise ReduceError(f"round {round}: sending {why}")
             late = sorted(p for p, _ in missing)
             raise ReduceError(f"round {round}: {what} from {late} did not arrive before the deadline")
         return [gw.take(round, k)[0] for k in keys]
@@ -97,13 +109,17 @@ def two_shot_allreduce(
             out[lo:hi] = value
     except ReduceError as err:
         failure = err
+    except Exception as err:  # noqa: BLE001 - a codec's refusal, say: the round fails cleanly
+        failure = ReduceError(f"round {round}: {type(err).__name__}: {err}")
     try:
-        gw.settle(round, sends, deadline)  # counts the bytes even of a failed round
+        # counts the bytes even of a failed round; after a failure, no waiting for acks
+        gw.settle(round, sends, deadline if failure is None else time.time())
     except ReduceError as err:
         failure = ReduceError(f"{failure}; {err}") if failure else err
     finally:
-        for enc in lent:
-            enc.release()
+        for (_, fut), enc in zip(sends, lent):
+            # a cancelled send may still be reading the buffer: release it when it stops
+            fut.add_done_callback(lambda _, enc=enc: enc.release())
     if failure is not None:
         raise failure
     return out

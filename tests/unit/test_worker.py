@@ -105,3 +105,56 @@ def test_default_adamw_is_fused_where_torch_has_the_kernel(device, fused):
     p = torch.nn.Parameter(torch.zeros(3, device=device))
     opt = default_optimizer(cfg, [p])
     assert opt.defaults["fused"] is fused
+
+
+@pytest.mark.parametrize("careless", [False, True])
+def test_a_center_steps_every_worker_on_the_reduced_gradient(monkeypatch, careless):
+    """A 2-worker center without a second process: the all-reduce adds a peer's weighted
+    gradient. Whether the gradients stayed views of the buffer or a user's loss function
+    replaced them, every parameter must end with the sample-weighted mean."""
+    import suanwang.runtime.worker as worker_mod
+
+    cfg = _cfg()
+    fns = demo_functions(cfg)
+    if careless:
+        loss_fn = fns.loss_fn
+
+        def dropping(model, batch):
+            model.zero_grad(set_to_none=True)
+            return loss_fn(model, batch)
+
+        fns = dataclasses.replace(fns, loss_fn=dropping)
+    w = _worker(cfg, fns)
+    peer_n = 16
+    peer = torch.randn(w.numel, generator=torch.Generator().manual_seed(3))
+    seen = {}
+
+    def all_reduce(buf):
+        n = int(buf[w.numel])
+        seen["local"], seen["n"] = buf[: w.numel] / n, n
+        buf[: w.numel] += peer * peer_n
+        buf[w.numel] += peer_n
+        buf[w.numel + 1] += 1.0 * peer_n
+
+    monkeypatch.setattr(worker_mod.dist, "all_reduce", all_reduce)
+    w._group_ready = True
+    n, loss = w._forward_backward()
+    total, _, _ = w._reduce_in_center(n, loss)
+    assert total == n + peer_n and seen["n"] == n
+    want = (seen["local"] * n + peer * peer_n) / (n + peer_n)
+    got = torch.cat([p.grad.reshape(-1) for p in w.params])
+    torch.testing.assert_close(got, want)
+    assert w._grads_in_buffer()
+
+
+def test_resume_keeps_this_workers_optimizer_kernel(tmp_path):
+    cfg = _cfg()
+    fns = demo_functions(cfg)
+    plain = dataclasses.replace(fns, optimizer_fn=lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=False))
+    old = _worker(cfg, plain)
+    old.train_steps(1)
+    old.save(str(tmp_path / "w.pt"))
+    new = _worker(cfg, fns)
+    new.load(str(tmp_path / "w.pt"))
+    assert new.optimizer.param_groups[0]["fused"] is True
+    new.train_steps(1)  # and it steps with the loaded state
