@@ -42,18 +42,22 @@ CENTERS = [("shenzhen", 2), ("wuhan", 1), ("xian", 1)]
 RATE_MBIT, RTT_MS = 100.0, 40.0
 BATCH = 32  # per worker, as in the demo config
 # Per strategy: the strategy section, the codec, the WAN schedule and each center's own
-# inner steps. Streaming: fragments of a third of the model, int4, all-gathered (one 20 ms
-# hop; a 3-center ring is 4 dependent hops, ~4x the latency for 2/3 of the bytes, and the
-# payloads here are tens of KB, so latency, not rate, is what the round has to hide; one
+# inner steps. Streaming: fragments of a third of the model, int4, reduced by two-shot
+# (a direct reduce-scatter and all-gather: 2/3 of an all-gather's bytes in two 20 ms hops,
+# where a 3-center ring takes four and did not fit in a slot; the owner's sum is rounded to
+# int4 once more, which moved the simulation's final loss by +0.7% over 6 batch orders; one
 # float32 scale per 256 values instead of the default 64 sends 9% fewer bytes, and the
-# simulation's final losses over 6 batch orders moved by under 0.5%), in
-# time-boxed slots of 0.25 s: every center computes until the slot's deadline, however fast
+# simulation's final losses moved by under 0.5%), in
+# time-boxed slots of 0.22 s: every center computes until the slot's deadline, however fast
 # it is at the moment, so none waits for the slowest (on this 2-core host the 2-worker
 # center steps ~1.5x slower, and any center's speed swings with the scheduler). The run
 # stops on DDP's sample count. The counted steps (18 per fragment cycle, 27 for the
-# 1-worker centers: 6 and 9 per slot, about what 0.25 s holds) only size the rounds
-# estimate and cap a slot at twice them. A single-process simulation over 6 batch orders
-# put a fragment cycle of 18 steps at +8% final loss against DDP where 30 steps gave +20%.
+# 1-worker centers: 6 and 9 per slot, about what 0.22 s holds with the fused optimizer)
+# only size the rounds estimate and cap a slot at twice them. A single-process simulation
+# over 6 batch orders put a fragment cycle of 18 steps at +8% final loss against DDP where
+# 30 steps gave +20%; 0.25 s slots had grown to ~28 steps once the steps got faster, and
+# 0.2 s slots left the centers busy only 0.87 of the time on the shaped links (a slot's
+# fixed cost, ~18 ms of Ray calls, the fragment's contribution and its apply, weighs more).
 STRATEGIES: dict[str, dict[str, Any]] = {
     "sync": {"strategy": {"kind": "sync"}, "codec": "int8", "inner": {}},
     "diloco": {
@@ -63,9 +67,9 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "streaming": {
         "strategy": {
             "kind": "streaming", "inner_steps": 18, "fragments": 3, "overlap": 1, "mix": 0.5,
-            "outer_lr": 0.7, "outer_momentum": 0.9, "slot_s": 0.25,
+            "outer_lr": 0.7, "outer_momentum": 0.9, "slot_s": 0.22,
         },
-        "codec": {"kind": "int4", "block_size": 256}, "schedule": "gather", "inner": {"wuhan": 27, "xian": 27},
+        "codec": {"kind": "int4", "block_size": 256}, "schedule": "two_shot", "inner": {"wuhan": 27, "xian": 27},
     },
 }
 # The held-out loss DDP reaches about halfway through the default 300 steps.
