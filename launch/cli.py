@@ -32,7 +32,7 @@ def predict(cfg: JobConfig) -> dict:
     codec: two-shot and ring move ``2 (n - 1) / n`` payloads per center, a gather ``n - 1``.
     """
     from suanwang.models.clip import ClipConfig
-    from suanwang.runtime.wan.gateway import pick_schedule
+    from suanwang.runtime.topology import pick_schedule
 
     numel = ClipConfig.preset(cfg.model.size).param_count()
     codec = cfg.codec.build()

@@ -5,7 +5,32 @@ from __future__ import annotations
 import itertools
 from typing import Callable, Sequence
 
+from suanwang.v1 import wan_pb2
+
 Bandwidth = Callable[[str, str], float]
+
+# Codecs whose decoded values can be summed and re-encoded hop by hop without error
+# feedback; the others (sparse, sign, low-rank) are all-gathered.
+RING_CODECS = frozenset(
+    {wan_pb2.CODEC_NONE, wan_pb2.CODEC_FP16, wan_pb2.CODEC_BF16, wan_pb2.CODEC_INT8, wan_pb2.CODEC_INT4}
+)
+SCHEDULES = ("auto", "gather", "two_shot", "ring")
+
+
+def pick_schedule(configured: str, codec_kind: int, centers: int, matrix: bool = False) -> str:
+    """The schedule a tensor group runs: ``gather`` for codecs that cannot be summed hop by
+    hop (and matrix-shaped groups), when configured, or with fewer than 3 centers (then
+    every schedule moves the same bytes); else the configured one, ``auto`` meaning
+    ``two_shot``. On the full mesh of gateways two-shot moves what a ring moves,
+    ``2 (n - 1) / n`` payloads per center, in two hops instead of ``2 (n - 1)``, spread
+    over all of a center's links instead of one."""
+    if configured not in SCHEDULES:
+        raise ValueError(f"schedule {configured!r}: expected one of {', '.join(SCHEDULES)}")
+    if codec_kind not in RING_CODECS or matrix or configured == "gather":
+        return "gather"
+    if configured == "auto":
+        return "two_shot" if centers >= 3 else "gather"
+    return configured
 
 
 def ring_order(names: Sequence[str], bandwidth: Bandwidth) -> list[str]:

@@ -37,7 +37,7 @@ from suanwang.runtime.compress.registry import codec_for_enum
 from suanwang.runtime.flat import digest
 from suanwang.runtime.reduce import weighted_mean
 from suanwang.runtime.strategies import CenterStrategy
-from suanwang.runtime.topology import ring_order, segments
+from suanwang.runtime.topology import pick_schedule, ring_order, segments
 from suanwang.runtime.wan.payload import Expectation, Meta
 from suanwang.runtime.wan.transport import GrpcTransport, SendResult
 from suanwang.v1 import wan_pb2
@@ -45,30 +45,6 @@ from suanwang.v1 import wan_pb2
 log = logging.getLogger(__name__)
 
 PAYLOAD_NAME = "g0"  # the payload of the first (often only) tensor group
-# Codecs whose decoded values can be summed and re-encoded hop by hop without error
-# feedback; the others (sparse, sign, low-rank) are all-gathered.
-RING_CODECS = frozenset(
-    {wan_pb2.CODEC_NONE, wan_pb2.CODEC_FP16, wan_pb2.CODEC_BF16, wan_pb2.CODEC_INT8, wan_pb2.CODEC_INT4}
-)
-SCHEDULES = ("auto", "gather", "two_shot", "ring")
-
-
-def pick_schedule(configured: str, codec_kind: int, centers: int, matrix: bool = False) -> str:
-    """The schedule a tensor group runs: ``gather`` for codecs that cannot be summed hop by
-    hop (and matrix-shaped groups), when configured, or with fewer than 3 centers (then
-    every schedule moves the same bytes); else the configured one, ``auto`` meaning
-    ``two_shot``. On the full mesh of gateways two-shot moves what a ring moves,
-    ``2 (n - 1) / n`` payloads per center, in two hops instead of ``2 (n - 1)``, spread
-    over all of a center's links instead of one."""
-    if configured not in SCHEDULES:
-        raise ValueError(f"schedule {configured!r}: expected one of {', '.join(SCHEDULES)}")
-    if codec_kind not in RING_CODECS or matrix or configured == "gather":
-        return "gather"
-    if configured == "auto":
-        return "two_shot" if centers >= 3 else "gather"
-    return configured
-
-
 _NAME = re.compile(r"^g(\d+)(?:\.(rs|ag)\.(\d+)\.(\d+))?$")
 
 
@@ -474,16 +450,15 @@ class Gateway:
                 from suanwang.runtime.wan.ring import ring_allreduce
                 from suanwang.runtime.wan.twoshot import two_shot_allreduce
 
-                weight = samples[self.center] / sum(samples[p] for p in participants)
+                total = sum(samples[p] for p in participants)
+                weights = {p: samples[p] / total for p in participants}
                 if "ring" in later.values():
                     order = ring_order(participants, self.bandwidth)
             for g in self.groups_of(round):
                 lo, hi = g.start - a, g.stop - a
                 if later.get(g.name) == "ring":
-                    mean[lo:hi] = ring_allreduce(self, round, order, g, own[lo:hi] * weight, deadline)
+                    mean[lo:hi] = ring_allreduce(self, round, order, g, own[lo:hi] * weights[self.center], deadline)
                 elif g.name in later:
-                    total = sum(samples[p] for p in participants)
-                    weights = {p: samples[p] / total for p in participants}
                     mean[lo:hi] = two_shot_allreduce(self, round, sorted(participants), g, own[lo:hi], weights, deadline)
                 else:
                     mean[lo:hi] = self._gathered_mean(round, g.name, participants)

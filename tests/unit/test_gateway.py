@@ -441,7 +441,7 @@ def test_two_shot_applies_the_codecs_nan_policy_before_anything_moves(gateways, 
 
 
 def test_pick_schedule():
-    from suanwang.runtime.wan.gateway import pick_schedule
+    from suanwang.runtime.topology import pick_schedule
 
     int8, topk = wan_pb2.CODEC_INT8, wan_pb2.CODEC_TOPK
     assert pick_schedule("auto", int8, 3) == "two_shot"
