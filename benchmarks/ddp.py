@@ -173,6 +173,7 @@ def run_ddp(
     eval_every: int = 10,
     target_loss: float | None = None,
     timeout_s: float = 600,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Train the demo job with DDP over every worker of every center (see the module doc).
 
@@ -189,6 +190,8 @@ def run_ddp(
         eval_every: steps between held-out evaluations (step 0 and the last are always).
         target_loss: report when the held-out loss first reaches it.
         timeout_s: bound on the whole run, process start to exit.
+        compile: ``torch.compile`` every worker's model (the runtime's ``train.compile``),
+            before the training clock starts.
 
     Returns:
         ``history`` (a list of ``{train_s, step, samples, eval_loss, wan_bytes}``),
@@ -241,6 +244,8 @@ def run_ddp(
                         "--timeout-s", str(timeout_s)]
                 if powersgd_rank is not None:
                     argv += ["--powersgd-rank", str(powersgd_rank)]
+                if compile:
+                    argv.append("--compile")
                 log = tempfile.NamedTemporaryFile("w+", prefix=f"ddp-{center}-{rank}-", suffix=".log")
                 kw: dict[str, Any] = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
                 try:
@@ -329,6 +334,7 @@ def _summarise(centers, steps, emu, powersgd_rank, seed, eval_every, target_loss
         "world_size": len(per_worker),
         "steps": steps,
         "powersgd_rank": powersgd_rank,
+        "compile": compile,
         "seed": seed,
         "eval_every": eval_every,
         "links": links,
@@ -393,10 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--target-loss", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile every worker's model")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
     args = p.parse_args(argv)
     kw = dict(powersgd_rank=args.powersgd_rank, seed=args.seed, eval_every=args.eval_every,
-              target_loss=args.target_loss)
+              target_loss=args.target_loss, compile=args.compile)
     out: dict[str, Any] = {}
     if args.shaped:
         names = [c for c, _ in DEMO_CENTERS]

@@ -93,13 +93,16 @@ def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Any,
     opt.step()
 
 
-def _compute_only(model: torch.nn.Module, batches: Batches) -> tuple[float, float]:
-    """Local steps (forward, backward, AdamW) with no gradient communication.
+def _compute_only(model: torch.nn.Module, batches: Batches, compile: bool = False) -> tuple[float, float]:
+    """Local steps (forward, backward, AdamW) with no gradient communication, on a copy
+    of the (not yet compiled) model; compiled as training will be, in the untimed steps.
 
     Returns:
         ``(mean seconds of this rank's steps, seconds per step of all ranks together)``.
     """
     model = copy.deepcopy(model)
+    if compile:
+        model.compile()
     opt = _optimizer(model)
     batches = copy.deepcopy(batches)
     for _ in range(WARMUP_STEPS):
@@ -113,6 +116,17 @@ def _compute_only(model: torch.nn.Module, batches: Batches) -> tuple[float, floa
         own += time.perf_counter() - t0
     dist.barrier()
     return own / COMPUTE_STEPS, (time.perf_counter() - t_group) / COMPUTE_STEPS
+
+
+def _compile(model: torch.nn.Module, batches: Batches) -> None:
+    """Compile ``model`` in place, now: one forward and backward of the stream's next batch
+    (read from a copy of the stream), outside the training clock. Nothing of it stays: the
+    stream, the random state and the parameters are as before, the gradients are dropped."""
+    model.compile()
+    batch = next(copy.deepcopy(batches))
+    with torch.random.fork_rng(devices=[]):
+        clip_loss(*model(*batch)).backward()
+    model.zero_grad(set_to_none=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -133,6 +147,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gloo-ifname", required=True,
                    help="interface whose address gloo binds to (becomes GLOO_SOCKET_IFNAME)")
     p.add_argument("--powersgd-rank", type=int, default=None)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (as the runtime's train.compile), before the clock starts")
     p.add_argument("--timeout-s", type=float, default=600.0, help="gloo and store timeout")
     return p.parse_args(argv)
 
@@ -163,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     global_batch = torch.tensor([batches.batch_size])
     dist.all_reduce(global_batch)
 
-    compute_s, group_compute_s = _compute_only(model, batches)
+    compute_s, group_compute_s = _compute_only(model, batches, a.compile)
+    if a.compile:  # after the copy above was taken: a copy of a compiled module runs the original
+        _compile(model, batches)
 
     scalars: list[torch.nn.Parameter] = []
     if a.powersgd_rank is not None:

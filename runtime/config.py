@@ -179,6 +179,11 @@ class TrainConfig(_Section):
     # check (SHA-256 of the parameters) that every center holds the same state every N
     # rounds and at every evaluation; 0: only at evaluations
     verify_every_rounds: Annotated[int, Field(ge=0)] = 1
+    # torch.compile every worker's model (nn.Module.compile); it compiles at start-up, on
+    # one untimed forward and backward of the first batch (that batch is trained on as
+    # usual), not in the first round. Costs ~20 s per process without a warm inductor
+    # cache; cuts the demo model's CPU step by about a quarter.
+    compile: bool = False
 
 
 class TlsConfig(_Section):

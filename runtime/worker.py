@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import logging
 import time
 
@@ -83,6 +84,8 @@ class Evaluator:
             )
         _, self.params = flat_layout(self.model, cfg)
         self.model.eval()
+        if cfg.train.compile:  # compiles at the first evaluation, the job's initial one
+            self.model.compile()
 
     def evaluate(self, flat: torch.Tensor) -> float:
         if self.fns.eval_fn is None:
@@ -119,6 +122,8 @@ class Worker:
         self.data = fns.data_fn(
             DataShard(spec.center, spec.center_index, spec.num_centers, spec.rank, spec.world_size, cfg.job.seed)
         )
+        if cfg.train.compile:
+            self._compile_model()
         self.strategy = worker_strategy(cfg, spec.center)
         if hasattr(self.strategy, "fragments"):
             self.strategy.fragments = fragment_bounds(self.layout(), cfg.strategy.fragments)
@@ -128,6 +133,44 @@ class Worker:
         self.round_start = self.params_vector()
         self._store = None
         self._group_ready = False
+
+    def _compile_model(self) -> None:
+        """``train.compile``: compile the model in place (``nn.Module.compile``: its
+        parameters and state dict stay its own) and compile it now, on one forward and
+        backward of the first batch, so that the first round does not pay for it. Nothing
+        of that pass remains: the batch is still the stream's next one, and the random
+        state, the module's buffers (BatchNorm statistics, say) and the gradients are as
+        before.
+
+        Raises:
+            RuntimeError: compilation failed (no C++ compiler for inductor on CPU, say).
+        """
+        data = self.data
+        if hasattr(data, "state_dict") and hasattr(data, "load_state_dict"):
+            mark = data.state_dict()
+            first = next(data)
+            data.load_state_dict(mark)
+        else:
+            first = next(data)
+            self.data = itertools.chain([first], data)
+        self.model.compile()
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        kind = self.device.type
+        rng_devices = [] if kind == "cpu" else [self.device]
+        try:
+            with torch.random.fork_rng(devices=rng_devices, device_type=kind if kind != "cpu" else "cuda"):
+                self.fns.loss_fn(self.model, batch_to(first, self.device)).backward()
+        except Exception as err:
+            where = f"{self.spec.center} rank {self.spec.rank}"
+            raise RuntimeError(
+                f"train.compile: compiling the model failed on {where}: {type(err).__name__}: {err} "
+                f"(train.compile: false runs it eagerly)"
+            ) from err
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for p in self.model.parameters():
+            p.grad = None
 
     # ------------------------------------------------------------ intra-center group
     def create_store(self, host: str) -> int:

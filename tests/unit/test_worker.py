@@ -158,3 +158,59 @@ def test_resume_keeps_this_workers_optimizer_kernel(tmp_path):
     new.load(str(tmp_path / "w.pt"))
     assert new.optimizer.param_groups[0]["fused"] is True
     new.train_steps(1)  # and it steps with the loaded state
+
+
+def _compiled_cfg():
+    cfg = _cfg()
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": True})})
+
+
+@pytest.mark.parametrize("stream", ["resumable", "generator"])
+def test_compile_warms_up_without_a_trace_and_trains_like_eager(stream):
+    """``train.compile``: compiled at start-up on the first batch, which is still the one
+    the first step trains on; the random state is untouched; the steps match eager ones up
+    to the compiled kernels' rounding."""
+    cfg = _compiled_cfg()
+    fns = demo_functions(cfg)
+    if stream == "generator":  # no state_dict: the batch is put back in front
+        data_fn = fns.data_fn
+        fns = dataclasses.replace(fns, data_fn=lambda shard: (b for b in data_fn(shard)))
+    loss_fn = fns.loss_fn
+    # a loss that draws random numbers (as dropout would): the warm-up's draws must not count
+    fns = dataclasses.replace(fns, loss_fn=lambda model, batch: loss_fn(model, batch) + 0.0 * torch.rand(()))
+    eager = _worker(_cfg(), fns)
+    rng_eager = torch.get_rng_state()
+    w = _worker(cfg, fns)
+    assert torch.equal(torch.get_rng_state(), rng_eager), "the warm-up pass drew random numbers"
+    assert w.model._compiled_call_impl is not None
+    assert all(p.grad is v for p, v in zip(w.params, w._views)) and not w._buf.any()
+    first = w.train_steps(1)
+    ref_first = eager.train_steps(1)
+    assert first.loss == pytest.approx(ref_first.loss, abs=1e-5)  # the same first batch
+    w.train_steps(3)
+    eager.train_steps(3)
+    torch.testing.assert_close(_params(w), _params(eager), atol=1e-4, rtol=0)
+
+
+def test_a_failed_compile_names_the_setting_and_the_worker(monkeypatch):
+    def broken_compile(self, *args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("inductor: no working C++ compiler")
+
+        self._compiled_call_impl = fail
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
+    cfg = _compiled_cfg()
+    with pytest.raises(RuntimeError, match=r"train.compile: compiling the model failed on a rank 0: .*C\+\+ compiler"):
+        _worker(cfg, demo_functions(cfg))
+
+
+def test_the_evaluator_compiles_too_and_agrees_with_eager():
+    from suanwang.runtime.worker import Evaluator
+
+    cfg = _compiled_cfg()
+    fns = demo_functions(cfg)
+    flat = _worker(_cfg(), fns).params_vector()
+    compiled, eager = Evaluator(cfg, fns), Evaluator(_cfg(), fns)
+    assert compiled.model._compiled_call_impl is not None and eager.model._compiled_call_impl is None
+    assert compiled.evaluate(flat) == pytest.approx(eager.evaluate(flat), abs=1e-5)
