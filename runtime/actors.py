@@ -23,9 +23,11 @@ def _setup_logging() -> None:
     )
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"arrival": 1})
 class WorkerActor:
-    """Ray shell of :class:`suanwang.runtime.worker.Worker`."""
+    """Ray shell of :class:`suanwang.runtime.worker.Worker`. Calls run one at a time, in
+    order, except :meth:`deliver` (``strategy.apply_on_arrival``), which runs on a thread of
+    its own so that a round's result reaches a worker while it trains."""
 
     def __init__(self, spec, cfg: JobConfig, fns: JobFunctions, faults: tuple[Fault, ...]):
         _setup_logging()
@@ -54,8 +56,15 @@ class WorkerActor:
     def eval_state(self):
         return self.w.eval_state()
 
-    def local_work(self, round: int, steps: int | None = None, until: float | None = None, contribute: bool = False):
-        return self.w.local_work(round, steps, until, contribute)
+    def local_work(
+        self, round: int, steps: int | None = None, until: float | None = None, contribute: bool = False,
+        wait_applied: int | None = None,
+    ):
+        return self.w.local_work(round, steps, until, contribute, wait_applied)
+
+    @ray.method(concurrency_group="arrival")
+    def deliver(self, round: int, result, verify: bool = True) -> str:
+        return self.w.deliver(round, result, verify)
 
     def contribution(self):
         return self.w.contribution()

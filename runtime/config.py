@@ -121,12 +121,22 @@ class StreamingStrategy(_Section):
     outer_lr: Annotated[float, Field(gt=0)] = 0.7
     outer_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = True
+    # under overlap, mix each fragment's global value in as soon as it reaches the workers
+    # (at the next inner step that every worker of the center reached with it in hand)
+    # instead of after the next slot: it is a slot fresher. Runs are then no longer
+    # reproducible bit for bit. Needs overlap: 1 and fragments >= 2.
+    apply_on_arrival: bool = False
 
     @model_validator(mode="after")
     def _divisible(self) -> "StreamingStrategy":
         if self.inner_steps % self.fragments:
             raise ValueError(
                 f"inner_steps: {self.inner_steps} is not a multiple of fragments ({self.fragments})"
+            )
+        if self.apply_on_arrival and (not self.overlap or self.fragments < 2):
+            raise ValueError(
+                "apply_on_arrival: needs overlap: 1 and fragments >= 2 (with one fragment the "
+                "next contribution depends on the result, which must be applied first)"
             )
         if self.slot_s is not None and not self.overlap:
             raise ValueError(

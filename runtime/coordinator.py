@@ -40,6 +40,8 @@ class CenterHandle:
     state: str = "live"  # live | late | dead
     pending: object = None  # ref of a late round's contribute
     missed_round: int = -1
+    # apply_on_arrival: the newest round whose result was sent to the workers
+    delivered_round: int | None = None
 
     @property
     def leader(self):
@@ -63,6 +65,7 @@ class _Committed(NamedTuple):
     reduced: dict
     stats: dict
     t0: float
+    reduced_s: float
 
 
 class Coordinator:
@@ -177,14 +180,16 @@ class Coordinator:
         stats, contrib = {}, {}
         for c in live:
             p = plan[c.name]
+            # apply_on_arrival: the result sent last (the round before last's) comes first
+            after = c.delivered_round
             if fused:
                 stats[c.name], contrib[c.name] = c.leader.local_work.options(num_returns=2).remote(
-                    r, p.steps, p.until, True
+                    r, p.steps, p.until, True, after
                 )
             else:
-                stats[c.name] = c.leader.local_work.remote(r, p.steps, p.until)
+                stats[c.name] = c.leader.local_work.remote(r, p.steps, p.until, False, after)
             for w in c.workers[1:]:
-                w.local_work.remote(r, p.steps, p.until)
+                w.local_work.remote(r, p.steps, p.until, False, after)
         self._slots[r] = {"live": live, "t0": time.perf_counter(), "stats": stats, "fused": contrib}
 
     def _send(self, r: int) -> None:
@@ -243,12 +248,13 @@ class Coordinator:
         # the budget counts what was reduced (known now: the contributions are in)
         self._observe(r, stats, list(decision.participants))
         reduced = self._reduce(r, decision, reports)
+        reduced_s = time.perf_counter() - self.t0
         self._apply(r, decision, live, reduced, evaluate)
-        return _Committed(r, decision, reports, reduced, stats, slot["t0"])
+        return _Committed(r, decision, reports, reduced, stats, slot["t0"], reduced_s)
 
     def _finalize(self, c: _Committed) -> RoundRecord:
         """Wait until the workers applied round ``c.round``, record it, bring late centers back."""
-        rec = self._record(c.round, c.decision, c.reports, c.reduced, c.stats, c.t0)
+        rec = self._record(c.round, c.decision, c.reports, c.reduced, c.stats, c.t0, c.reduced_s)
         applied = [n for n in rec.participants if self.centers[n].state == "live"]
         self._catch_up(c.round, applied[0] if applied else None)
         return rec
@@ -296,7 +302,12 @@ class Coordinator:
                     c.state, c.pending, c.missed_round = "late", c.gateway.stats.remote(), r
                     continue
                 result = c.gateway.abort.remote(r) if failed else c.gateway.finish.remote(r)
-                self._applied[c.name] = [w.apply.remote(result, verify) for w in c.workers]
+                if getattr(self.cfg.strategy, "apply_on_arrival", False):
+                    # each worker mixes it in mid-slot, on its actor's arrival thread
+                    self._applied[c.name] = [w.deliver.remote(r, result, verify) for w in c.workers]
+                    c.delivered_round = r
+                else:
+                    self._applied[c.name] = [w.apply.remote(result, verify) for w in c.workers]
             elif c.state != "dead":
                 # Its work for this round may still be running: queue the skip behind it,
                 # then watch the gateway and resync the center once it is idle again.
@@ -324,7 +335,7 @@ class Coordinator:
                 self._event(f"round {r}: {name} did not apply the result in time ({type(err).__name__}): left out")
         return digests
 
-    def _record(self, r, decision, reports, reduced, stats, t_round) -> RoundRecord:
+    def _record(self, r, decision, reports, reduced, stats, t_round, reduced_s=None) -> RoundRecord:
         digests = self._applied_digests(r)
         # every center whose payload was reduced took part, even one that then applied the
         # result too late (it is left out from the next round on)
@@ -377,6 +388,7 @@ class Coordinator:
             abandoned=self.abandoned,
             fragment=next((rep.fragment for rep in reduced.values() if rep is not None), 0),
             eval_s=eval_s,
+            reduced_s=reduced_s,
         )
         self.history.append(rec)
         self.on_round(rec)

@@ -41,6 +41,10 @@ class RoundRecord:
     fragment: int = 0
     # time the coordinator waited for this round's evaluation (benchmarks subtract it)
     eval_s: float = 0.0
+    # when (on time_s's clock) every participant had reduced: the round's global state
+    # exists from then on. Under overlap time_s comes about a slot later, once the
+    # workers, busy with the next slot, have applied it.
+    reduced_s: float | None = None
 
 
 @dataclasses.dataclass

@@ -7,6 +7,7 @@ all-reduce gradients every inner step; nothing here crosses the WAN.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import itertools
@@ -17,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from suanwang.runtime import device as devices
+from suanwang.runtime.arrival import Arrivals
 from suanwang.runtime.checkpoint import save_atomic
 from suanwang.runtime.config import JobConfig
 from suanwang.runtime.faults import Fault, fire
@@ -127,8 +129,17 @@ class Worker:
         self.strategy = worker_strategy(cfg, spec.center)
         if hasattr(self.strategy, "fragments"):
             self.strategy.fragments = fragment_bounds(self.layout(), cfg.strategy.fragments)
-        # grads (weighted by local samples), then [samples, loss * samples, stop flag]
-        self._buf = torch.zeros(self.numel + 3, dtype=torch.float32, device=self.device)
+        # strategy.apply_on_arrival: results come in on a second actor thread (see
+        # suanwang.runtime.arrival); whatever else touches the parameters holds the guard
+        self.arrivals = (
+            Arrivals(f"{spec.center} rank {spec.rank}", cfg.wan.round_timeout_s * 2)
+            if getattr(cfg.strategy, "apply_on_arrival", False)
+            else None
+        )
+        self._guard = self.arrivals.guard if self.arrivals else contextlib.nullcontext()
+        # grads (weighted by local samples), then [samples, loss * samples, stop flag,
+        # result-in-hand flag]
+        self._buf = torch.zeros(self.numel + 4, dtype=torch.float32, device=self.device)
         self._views = self._attach_grad_views(copy=True)
         self.round_start = self.params_vector()
         self._store = None
@@ -243,10 +254,12 @@ class Worker:
         loss.backward()
         return n, float(loss.detach())
 
-    def _reduce_in_center(self, n: int, loss: float, stop: bool = False) -> tuple[int, float, bool]:
+    def _reduce_in_center(self, n: int, loss: float, stop: bool = False) -> tuple[int, float, bool, bool]:
         """Sample-weighted mean of gradients over the center's workers, in place; the
-        third value is whether any worker asked to stop (it rides in the same all-reduce,
-        so every worker of the center takes the same number of steps)."""
+        third value is whether any worker asked to stop, the fourth whether every worker
+        holds a round result to apply after this step (both ride in the same all-reduce,
+        so every worker of the center takes the same steps and applies at the same one)."""
+        ready = self.arrivals is not None and self.arrivals.in_hand()
         buf = self._buf
         copied = not self._grads_in_buffer()
         if copied:
@@ -256,10 +269,12 @@ class Worker:
             buf[self.numel] = n
             buf[self.numel + 1] = loss * n
             buf[self.numel + 2] = float(stop)
+            buf[self.numel + 3] = float(ready)
             dist.all_reduce(buf)
-            total, loss_sum, stops = buf[self.numel :].tolist()  # one read of the device
+            total, loss_sum, stops, readies = buf[self.numel :].tolist()  # one read of the device
             buf[: self.numel].div_(total)
             n, loss, stop = int(round(total)), loss_sum / total, stops > 0
+            ready = int(round(readies)) == self.spec.world_size
         if copied:  # the gradients become views of the (reduced) buffer again
             self._views = self._attach_grad_views(copy=False)
             if self._views is None:
@@ -267,7 +282,7 @@ class Worker:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
                 unflatten_into(buf[: self.numel], [p.grad for p in self.params])
-        return n, loss, stop
+        return n, loss, stop, ready
 
     def train_steps(self, steps: int, until: float | None = None) -> LocalStats:
         """Up to ``steps`` inner steps: forward, backward, intra-center all-reduce, optimizer
@@ -281,8 +296,10 @@ class Worker:
             # a next step would end about 2 * step_s after this one started: stop if more
             # than half of it would fall past the deadline
             stop = until is not None and wall + 1.5 * (step_s or time.perf_counter() - t_step) > until
-            total, mean_loss, stop = self._reduce_in_center(n, loss, stop)
+            total, mean_loss, stop, apply_now = self._reduce_in_center(n, loss, stop)
             self.optimizer.step()
+            if apply_now:
+                self.arrivals.apply_now(self.apply)
             samples += total
             loss_sum += mean_loss
             done += 1
@@ -296,7 +313,7 @@ class Worker:
         """One forward/backward and intra-center all-reduce, without an optimizer step."""
         t0 = time.perf_counter()
         n, loss = self._forward_backward()
-        total, mean_loss, _ = self._reduce_in_center(n, loss)
+        total, mean_loss, _, _ = self._reduce_in_center(n, loss)
         return LocalStats(1, total, mean_loss, time.perf_counter() - t0)
 
     def gradient_vector(self) -> torch.Tensor:
@@ -311,7 +328,8 @@ class Worker:
 
     # ------------------------------------------------------------ parameters
     def params_vector(self) -> torch.Tensor:
-        return flatten(self.params)
+        with self._guard:
+            return flatten(self.params)
 
     def load_params_vector(self, flat: torch.Tensor, round_start: torch.Tensor | None = None) -> None:
         """Load parameters; the global state becomes ``round_start`` (default: ``flat``)."""
@@ -329,15 +347,31 @@ class Worker:
 
     # ------------------------------------------------------------ the round, as the coordinator drives it
     def local_work(
-        self, round: int, steps: int | None = None, until: float | None = None, contribute: bool = False
+        self,
+        round: int,
+        steps: int | None = None,
+        until: float | None = None,
+        contribute: bool = False,
+        wait_applied: int | None = None,
     ) -> LocalStats | tuple[LocalStats, torch.Tensor]:
         """Round ``round``'s local work: ``steps`` inner steps (default: the strategy's
         count), stopping early at the wall-clock deadline ``until`` if given. With
         ``contribute`` (the leader) also returns the round's contribution, saving the
-        separate call where nothing has to be applied in between."""
+        separate call where nothing has to be applied in between. Under
+        ``apply_on_arrival`` the results through round ``wait_applied`` are applied first
+        (see :mod:`suanwang.runtime.arrival`)."""
         fire(self.faults, self.spec.center, round, self.spec.rank)
-        stats = self.strategy.local_work(self, round, steps, until)
-        return (stats, self.contribution()) if contribute else stats
+        training = self.arrivals.training(wait_applied, self.apply) if self.arrivals else contextlib.nullcontext()
+        with training:
+            stats = self.strategy.local_work(self, round, steps, until)
+            return (stats, self.contribution()) if contribute else stats
+
+    def deliver(self, round: int, result, verify: bool = True) -> str:
+        """``apply_on_arrival``: round ``round``'s result, handed over while this worker
+        may be training (the actor's second thread); returns as :meth:`apply`, once applied."""
+        if self.arrivals is None:
+            raise RuntimeError(f"{self.spec.center} rank {self.spec.rank}: deliver needs strategy.apply_on_arrival")
+        return self.arrivals.deliver(round, result, verify, self.apply)
 
     def contribution(self) -> torch.Tensor:
         return self.strategy.contribution(self)
@@ -346,12 +380,17 @@ class Worker:
         """Apply a round's result; with ``verify``, returns the digest of what every center
         must agree on (the parameters, or the global state under streaming), else ``""``
         (hashing a large model every round is not free)."""
-        self.strategy.apply(self, result)
-        return digest(self.strategy.agreement_tensor(self)) if verify else ""
+        with self._guard:
+            self.strategy.apply(self, result)
+            return digest(self.strategy.agreement_tensor(self)) if verify else ""
 
     # ------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:
         """Write this worker's state (model, inner optimizer, data position, RNG)."""
+        with self._guard:
+            self._save(path)
+
+    def _save(self, path: str) -> None:
         sd = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -387,10 +426,15 @@ class Worker:
 
     def eval_state(self) -> torch.Tensor:
         """The flat parameters an evaluation of this worker would use."""
-        swap = self.strategy.eval_tensor(self)
-        return (swap if swap is not None else self.params_vector()).detach().cpu().clone()
+        with self._guard:
+            swap = self.strategy.eval_tensor(self)
+            return (swap if swap is not None else self.params_vector()).detach().cpu().clone()
 
     def evaluate(self) -> float:
+        with self._guard:
+            return self._evaluate()
+
+    def _evaluate(self) -> float:
         if self.fns.eval_fn is None:
             return float("nan")
         swap = self.strategy.eval_tensor(self)

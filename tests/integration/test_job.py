@@ -302,6 +302,39 @@ def _steps_per_round(res, center: str) -> list[int]:
     return [b - a for a, b in zip([0, *done], done)]
 
 
+def test_results_applied_on_arrival_land_mid_slot_and_the_centers_agree(local_ray):
+    # strategy.apply_on_arrival: a round's result is mixed in at the next step boundary
+    # that every worker of the center reached with it in hand (the 2-worker center agrees
+    # through its all-reduce), not after the next slot: the round is recorded (every
+    # worker applied it) long before the slot ends
+    cfg = parse_config(
+        small_config(
+            strategy={"kind": "streaming", "inner_steps": 30, "fragments": 3, "overlap": 1, "mix": 0.5,
+                      "slot_s": 0.4, "apply_on_arrival": True},
+            codec={"kind": "int8"},
+            # no sample budget (whose end makes the coordinator wait on the rounds in flight)
+            # and one evaluation, at the end: a round is recorded once its result is applied
+            train={"steps": 120, "eval_every_rounds": 100},
+        ),
+        environ={},
+    )
+    fns = demo_functions(cfg)
+    data_fn = fns.data_fn
+
+    def paced(shard):  # every step takes at least 30 ms: the clock ends each slot
+        for batch in data_fn(shard):
+            time.sleep(0.03)
+            yield batch
+
+    res = Job(cfg, dataclasses.replace(fns, data_fn=paced)).run()
+    assert res.params_agree and res.rounds == 12
+    assert [h.fragment for h in res.history] == [r % 3 for r in range(res.rounds)]
+    assert res.final_eval_loss < res.initial_eval_loss
+    lag = sorted(h.time_s - h.reduced_s for h in res.history[:-1])
+    # applied at the end of the next 0.4 s slot, the median lag is ~0.36 s (see below)
+    assert lag[len(lag) // 2] < 0.2, lag
+
+
 def test_time_boxed_slots_stop_on_the_sample_budget_and_absorb_a_slow_slot(local_ray):
     # Slots end at absolute deadlines: a center that loses most of a slot (the delay)
     # takes fewer steps in it instead of holding the others up; the job stops on the budget.
@@ -332,6 +365,12 @@ def test_time_boxed_slots_stop_on_the_sample_budget_and_absorb_a_slow_slot(local
     assert res.params_agree and res.history[-1].eval_loss is not None
     assert res.final_eval_loss < res.initial_eval_loss
     assert [h.fragment for h in res.history] == [r % 3 for r in range(res.rounds)]
+    # a round's global state exists once it is reduced, early in the next slot; its record
+    # comes once the workers applied it, behind that slot's work
+    reduced = [h.reduced_s for h in res.history]
+    assert reduced == sorted(reduced) and all(h.reduced_s <= h.time_s for h in res.history)
+    lag = sorted(h.time_s - h.reduced_s for h in res.history[:-1])
+    assert lag[len(lag) // 2] > 0.1, lag
     xian = _steps_per_round(res, "xian")
     # round 3 lost 0.3 s of its 0.4 s slot (~3/4 of its steps); the others did not
     others = sorted(xian[:3] + xian[4:-1])

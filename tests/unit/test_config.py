@@ -179,3 +179,15 @@ def test_time_boxed_slots_and_a_sample_budget():
     assert "one step per round" in p["train.samples"], p
     d["strategy"] = {"kind": "diloco", "slot_s": 0.25}
     assert problems(d)["strategy.slot_s"].startswith("unknown field")  # a streaming option
+
+
+def test_apply_on_arrival_needs_overlap_and_several_fragments():
+    d = demo_data()
+    d["strategy"] = {"kind": "streaming", "inner_steps": 12, "fragments": 3, "apply_on_arrival": True}
+    assert parse_config(d, "t.yaml", {}).strategy.apply_on_arrival
+    d["strategy"].update(fragments=1)
+    assert "needs overlap: 1 and fragments >= 2" in problems(d)["strategy.apply_on_arrival"]
+    d["strategy"].update(fragments=3, overlap=0)
+    assert "needs overlap: 1 and fragments >= 2" in problems(d)["strategy.apply_on_arrival"]
+    d["strategy"] = {"kind": "diloco", "apply_on_arrival": True}
+    assert problems(d)["strategy.apply_on_arrival"].startswith("unknown field")

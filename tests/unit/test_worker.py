@@ -139,7 +139,7 @@ def test_a_center_steps_every_worker_on_the_reduced_gradient(monkeypatch, carele
     monkeypatch.setattr(worker_mod.dist, "all_reduce", all_reduce)
     w._group_ready = True
     n, loss = w._forward_backward()
-    total, _, _ = w._reduce_in_center(n, loss)
+    total, _, _, _ = w._reduce_in_center(n, loss)
     assert total == n + peer_n and seen["n"] == n
     want = (seen["local"] * n + peer * peer_n) / (n + peer_n)
     got = torch.cat([p.grad.reshape(-1) for p in w.params])
@@ -214,3 +214,48 @@ def test_the_evaluator_compiles_too_and_agrees_with_eager():
     compiled, eager = Evaluator(cfg, fns), Evaluator(_cfg(), fns)
     assert compiled.model._compiled_call_impl is not None and eager.model._compiled_call_impl is None
     assert compiled.evaluate(flat) == pytest.approx(eager.evaluate(flat), abs=1e-5)
+
+
+def test_on_arrival_every_worker_of_a_center_applies_after_the_same_step(monkeypatch):
+    """``apply_on_arrival`` in a 2-worker center, the peer simulated in the all-reduce: a
+    result that came in mid-slot is applied after the first step at which both workers
+    hold it (the flag rides in the step's all-reduce), not as soon as this one has it."""
+    import threading
+
+    import suanwang.runtime.worker as worker_mod
+
+    cfg = _cfg(kind="streaming", inner_steps=6, fragments=3, overlap=1, mix=0.5, apply_on_arrival=True)
+    w = Worker(WorkerSpec("a", 0, 1, 0, 2), cfg, demo_functions(cfg))
+    a, b = w.strategy.fragments[0]
+    glob = torch.full((b - a,), 0.25)
+    peer_ready = [0.0, 0.0, 1.0, 1.0, 1.0]
+    steps, applied_after, delivered = [], [], {}
+
+    def all_reduce(buf):
+        k = len(steps)
+        steps.append(float(buf[w.numel + 3]))  # this worker's flag at step k
+        buf[: w.numel + 3] *= 2  # the peer: the same gradient, samples and loss
+        buf[w.numel + 3] += peer_ready[k]
+        if k == 0:  # the result comes in during the first step
+            t = threading.Thread(target=lambda: delivered.update(d=w.deliver(7, (a, b, glob))))
+            t.start()
+            delivered["t"] = t
+            while not w.arrivals.in_hand():
+                pass
+
+    apply = w.apply
+
+    def counting_apply(result, verify=True):
+        applied_after.append(len(steps))
+        return apply(result, verify)
+
+    monkeypatch.setattr(worker_mod.dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(w, "apply", counting_apply)
+    w._group_ready = True
+    w.local_work(8, steps=5)
+    delivered["t"].join(5)
+    # in hand from step 1; applied after step 2, the first at which both workers had it
+    assert steps == [0.0, 1.0, 1.0, 0.0, 0.0]
+    assert applied_after == [3]
+    assert torch.equal(w.round_start[a:b], glob) and delivered["d"]
+    assert w.arrivals.applied_round == 7 and not w.arrivals.in_hand()
