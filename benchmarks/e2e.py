@@ -18,9 +18,14 @@ equal samples" compares like with like. Runs:
   of waiting for the slowest (see ``STRATEGIES``);
 * ``ddp_unshaped``, ``streaming_unshaped``: the same on loopback, no WAN.
 
-Times exclude start-up (training time from the first step) and evaluation pauses. suanwang
-runs evaluate on a separate actor (``train.eval_on: evaluator``); under streaming's overlap
-the centers go on computing meanwhile, so nothing is taken out of streaming's time. WAN bytes
+Every run compiles its model first (``train.compile``; DDP's workers likewise), outside the
+clock. Times exclude start-up (training time from the first step) and evaluation pauses.
+DDP's time at an evaluation is when the step it follows ended; a suanwang round's is when
+its reduce completed (``RoundRecord.reduced_s``: the global state it evaluates exists from
+then on, while under overlap its record comes once the busy workers have applied it).
+suanwang runs evaluate on a separate actor (``train.eval_on: evaluator``); under streaming's
+overlap the centers go on computing meanwhile, so nothing is taken out of streaming's time
+(its evaluations take ~5% of the 2 cores from the centers). WAN bytes
 for DDP are the emulator's per-link counts (IP packets, headers and ACKs included); for
 suanwang runs the gateways' counts of the gRPC messages they sent (the emulator's total for
 the run is reported beside them as ``wan_bytes_kernel``, a name kept from the veth days).
@@ -41,6 +46,9 @@ from suanwang.benchmarks.common import machine_info, print_table, write_json
 CENTERS = [("shenzhen", 2), ("wuhan", 1), ("xian", 1)]
 RATE_MBIT, RTT_MS = 100.0, 40.0
 BATCH = 32  # per worker, as in the demo config
+# Every run, DDP's and suanwang's, compiles its model (train.compile) before its clock
+# starts: a quarter off the demo model's CPU step.
+COMPILE = True
 # Per strategy: the strategy section, the codec, the WAN schedule and each center's own
 # inner steps. Streaming: fragments of a third of the model, int4, reduced by two-shot
 # (a direct reduce-scatter and all-gather: 2/3 of an all-gather's bytes in two 20 ms hops,
@@ -48,16 +56,17 @@ BATCH = 32  # per worker, as in the demo config
 # int4 once more, which moved the simulation's final loss by +0.7% over 6 batch orders; one
 # float32 scale per 256 values instead of the default 64 sends 9% fewer bytes, and the
 # simulation's final losses moved by under 0.5%), in
-# time-boxed slots of 0.22 s: every center computes until the slot's deadline, however fast
+# time-boxed slots of 0.18 s: every center computes until the slot's deadline, however fast
 # it is at the moment, so none waits for the slowest (on this 2-core host the 2-worker
 # center steps ~1.5x slower, and any center's speed swings with the scheduler). The run
 # stops on DDP's sample count. The counted steps (18 per fragment cycle, 27 for the
-# 1-worker centers: 6 and 9 per slot, about what 0.22 s holds with the fused optimizer)
-# only size the rounds estimate and cap a slot at twice them. A single-process simulation
-# over 6 batch orders put a fragment cycle of 18 steps at +8% final loss against DDP where
-# 30 steps gave +20%; 0.25 s slots had grown to ~28 steps once the steps got faster, and
-# 0.2 s slots left the centers busy only 0.87 of the time on the shaped links (a slot's
-# fixed cost, ~18 ms of Ray calls, the fragment's contribution and its apply, weighs more).
+# 1-worker centers) only size the rounds estimate and cap a slot at twice them; compiled,
+# a 0.18 s slot holds ~7 and ~12 steps (0.22 s held 6 and 9 before compiling, and 11 and
+# 16 after, and the simulation put a fragment cycle of 30 steps at +20% final loss
+# against DDP where 18 gave +8%). Each result is mixed in as soon as it reaches the
+# workers (apply_on_arrival), not after the next slot: in the simulation that took the
+# samples to the target from 186 to 175 DDP-step equivalents (3 batch orders), and the
+# centers idle less between slots (no apply call queued between two slots' work).
 STRATEGIES: dict[str, dict[str, Any]] = {
     "sync": {"strategy": {"kind": "sync"}, "codec": "int8", "inner": {}},
     "diloco": {
@@ -67,7 +76,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "streaming": {
         "strategy": {
             "kind": "streaming", "inner_steps": 18, "fragments": 3, "overlap": 1, "mix": 0.5,
-            "outer_lr": 0.7, "outer_momentum": 0.9, "slot_s": 0.22,
+            "outer_lr": 0.7, "outer_momentum": 0.9, "slot_s": 0.18, "apply_on_arrival": True,
         },
         "codec": {"kind": "int4", "block_size": 256}, "schedule": "two_shot", "inner": {"wuhan": 27, "xian": 27},
     },
@@ -97,7 +106,7 @@ def _config(spec: dict[str, Any], steps: int, eval_every_rounds: int):
     d["codec"] = spec["codec"] if isinstance(spec["codec"], dict) else {"kind": spec["codec"]}
     d["data"] = {**d["data"], "batch_size": BATCH}
     # evaluations run on a separate actor, so no center's leader pauses training for them
-    d["train"] = {"steps": steps, "eval_every_rounds": eval_every_rounds, "eval_on": "evaluator"}
+    d["train"] = {"steps": steps, "eval_every_rounds": eval_every_rounds, "eval_on": "evaluator", "compile": COMPILE}
     if spec.get("samples"):
         d["train"]["samples"] = spec["samples"]
     d["wan"] = {**d["wan"], "schedule": spec.get("schedule", "auto")}
@@ -116,7 +125,7 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
     eval_every = max(1, probe.rounds // eval_points)
     cfg = _config(spec, probe.train.steps, eval_every)
     history: list[dict[str, Any]] = []
-    state = {"samples": 0, "peak": 0.0, "eval_s": 0.0}
+    state = {"samples": 0, "peak": 0.0, "eval_s": 0.0, "end_s": float("nan")}
     # Without overlap the round loop stops while the evaluator works: that pause is taken
     # out, as DDP's are. Under overlap the centers go on computing meanwhile: nothing is.
     paused = not spec["strategy"].get("overlap")
@@ -124,8 +133,13 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
     k0 = counters() if counters else None
 
     def on_round(rec) -> None:
+        # A round's time is when its global state existed: when its reduce completed (under
+        # overlap the record comes about a slot later, once the workers, busy with the next
+        # slot, have applied it), less the evaluation pauses before it.
+        at = (rec.reduced_s if rec.reduced_s is not None else rec.time_s) - state["eval_s"]
         if paused:
             state["eval_s"] += rec.eval_s
+        state["end_s"] = rec.time_s - state["eval_s"]
         for c, st in rec.centers.items():  # a center's running total (participants only)
             taken[c] = st["samples"]
         state["samples"] = sum(taken.values())
@@ -134,14 +148,14 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
                 state["peak"] = max(state["peak"], nbytes * 8 / rec.round_s / 1e6)
         if rec.eval_loss is not None:
             history.append({
-                "train_s": rec.time_s - state["eval_s"],
+                "train_s": at,
                 "samples": state["samples"],
                 "eval_loss": rec.eval_loss,
                 "wan_bytes": rec.wan_bytes,
             })
 
     res = Job(cfg, demo_functions(cfg), routes=routes).run(on_round=on_round)
-    train_s = history[-1]["train_s"] if history else float("nan")
+    train_s = state["end_s"] if history else float("nan")  # all of training, the last apply included
     busy = {n: c.compute_s / train_s for n, c in res.centers.items()} if history else {}
     return {
         "history": [{"train_s": 0.0, "samples": 0, "eval_loss": res.initial_eval_loss, "wan_bytes": 0}, *history],
@@ -154,6 +168,7 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
         "utilization": min(busy.values(), default=float("nan")),
         "peak_wan_mbit": state["peak"],
         "params_agree": res.params_agree,
+        "compile": cfg.train.compile,
         "rounds": res.rounds,
         "strategy": spec["strategy"],
         "codec": spec["codec"],
@@ -237,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from suanwang.benchmarks.ddp import run_ddp, wan_counters
+    from suanwang.runtime.job import EMBEDDED_RAY_SYSTEM_CONFIG
     from suanwang.runtime.wan.bridge import BridgedRoutes
     from suanwang.runtime.wan.emulator import WanEmulator, emulator_available
 
@@ -244,12 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, Any]] = {}
     emulator: dict[str, Any] = {}
     names = [n for n, _ in CENTERS]
-    ray.init(num_cpus=8, include_dashboard=False, logging_level=logging.WARNING, namespace="suanwang-e2e")
+    ray.init(num_cpus=8, include_dashboard=False, logging_level=logging.WARNING, namespace="suanwang-e2e",
+             _system_config=EMBEDDED_RAY_SYSTEM_CONFIG)  # as a job's own cluster
     try:
         for name in [r for r in wanted if r.endswith("_unshaped")]:
             t0 = time.time()
             if name.startswith("ddp"):
-                runs[name] = run_ddp(CENTERS, opts.steps, batch_size=BATCH, target_loss=opts.target)
+                runs[name] = run_ddp(CENTERS, opts.steps, batch_size=BATCH, target_loss=opts.target, compile=COMPILE)
             else:
                 runs[name] = run_ours(name, opts.steps)
             print(f"{name}: done in {time.time() - t0:.0f} s", flush=True)
@@ -273,10 +290,11 @@ def main(argv: list[str] | None = None) -> int:
                 for name in shaped:
                     t0 = time.time()
                     if name == "ddp":
-                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, batch_size=BATCH, target_loss=opts.target)
+                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, batch_size=BATCH, target_loss=opts.target,
+                                             compile=COMPILE)
                     elif name == "ddp_powersgd":
                         runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, powersgd_rank=4, batch_size=BATCH,
-                                             target_loss=opts.target)
+                                             target_loss=opts.target, compile=COMPILE)
                     else:
                         with BridgedRoutes(emu) as routes:
                             runs[name] = run_ours(name, opts.steps, routes, counters)
@@ -313,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "target_loss": opts.target,
         "steps_per_worker": opts.steps,
+        "compile": COMPILE,
         "centers": CENTERS,
         "emulator": emulator,
         "runs": runs,
