@@ -56,14 +56,15 @@ COMPILE = True
 # int4 once more, which moved the simulation's final loss by +0.7% over 6 batch orders; one
 # float32 scale per 256 values instead of the default 64 sends 9% fewer bytes, and the
 # simulation's final losses moved by under 0.5%), in
-# time-boxed slots of 0.18 s: every center computes until the slot's deadline, however fast
+# time-boxed slots of 0.2 s: every center computes until the slot's deadline, however fast
 # it is at the moment, so none waits for the slowest (on this 2-core host the 2-worker
 # center steps ~1.5x slower, and any center's speed swings with the scheduler). The run
 # stops on DDP's sample count. The counted steps (18 per fragment cycle, 27 for the
 # 1-worker centers) only size the rounds estimate and cap a slot at twice them; compiled,
-# a 0.18 s slot holds ~7 and ~12 steps (0.22 s held 6 and 9 before compiling, and 11 and
+# a 0.2 s slot holds ~7 and ~13 steps (0.22 s held 6 and 9 before compiling, and 11 and
 # 16 after, and the simulation put a fragment cycle of 30 steps at +20% final loss
-# against DDP where 18 gave +8%). Each result is mixed in as soon as it reaches the
+# against DDP where 18 gave +8%; 0.18 s slots left a center busy 0.887 of the time in a
+# shaped run, 0.2 s ones 0.896-0.931 in four). Each result is mixed in as soon as it reaches the
 # workers (apply_on_arrival), not after the next slot: in the simulation that took the
 # samples to the target from 186 to 175 DDP-step equivalents (3 batch orders), and the
 # centers idle less between slots (no apply call queued between two slots' work).
@@ -76,7 +77,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "streaming": {
         "strategy": {
             "kind": "streaming", "inner_steps": 18, "fragments": 3, "overlap": 1, "mix": 0.5,
-            "outer_lr": 0.7, "outer_momentum": 0.9, "slot_s": 0.18, "apply_on_arrival": True,
+            "outer_lr": 0.7, "outer_momentum": 0.9, "slot_s": 0.2, "apply_on_arrival": True,
         },
         "codec": {"kind": "int4", "block_size": 256}, "schedule": "two_shot", "inner": {"wuhan": 27, "xian": 27},
     },
@@ -139,7 +140,9 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
         at = (rec.reduced_s if rec.reduced_s is not None else rec.time_s) - state["eval_s"]
         if paused:
             state["eval_s"] += rec.eval_s
-        state["end_s"] = rec.time_s - state["eval_s"]
+        # the run's training time ends with the last round, less the wait for its evaluation
+        # (under overlap the earlier waits are not pauses: the centers compute meanwhile)
+        state["end_s"] = rec.time_s - state["eval_s"] - (0.0 if paused else rec.eval_s)
         for c, st in rec.centers.items():  # a center's running total (participants only)
             taken[c] = st["samples"]
         state["samples"] = sum(taken.values())
