@@ -25,7 +25,7 @@ its reduce completed (``RoundRecord.reduced_s``: the global state it evaluates e
 then on, while under overlap its record comes once the busy workers have applied it).
 suanwang runs evaluate on a separate actor (``train.eval_on: evaluator``); under streaming's
 overlap the centers go on computing meanwhile, so nothing is taken out of streaming's time
-(its evaluations take ~5% of the 2 cores from the centers). WAN bytes
+(its evaluations take ~3% of the 2 cores from the centers). WAN bytes
 for DDP are the emulator's per-link counts (IP packets, headers and ACKs included); for
 suanwang runs the gateways' counts of the gRPC messages they sent (the emulator's total for
 the run is reported beside them as ``wan_bytes_kernel``, a name kept from the veth days).
