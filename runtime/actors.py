@@ -63,8 +63,8 @@ class WorkerActor:
         return self.w.local_work(round, steps, until, contribute, wait_applied)
 
     @ray.method(concurrency_group="arrival")
-    def deliver(self, round: int, result, verify: bool = True) -> str:
-        return self.w.deliver(round, result, verify)
+    def deliver(self, round: int, result, verify: bool = True, settle_after: int | None = None) -> str:
+        return self.w.deliver(round, result, verify, settle_after)
 
     def contribution(self):
         return self.w.contribution()
@@ -81,8 +81,8 @@ class WorkerActor:
     def load(self, path: str) -> str:
         return self.w.load(path)
 
-    def evaluate(self) -> float:
-        return self.w.evaluate()
+    def evaluate(self, after: int | None = None) -> float:
+        return self.w.evaluate(after)
 
     def shutdown(self) -> None:
         self.w.shutdown()

@@ -5,12 +5,15 @@ default it waits in the actor's queue until that slot ends; here it is mixed in 
 inner-step boundary instead, a slot fresher. The result comes in on a second actor thread
 (:class:`Arrivals` is the hand-over between it and the training thread):
 
-* while the worker is idle (no local work running) that thread applies it at once;
 * while it trains, the training thread applies it between two steps. Every worker of a
   center must apply it after the same step, or the replicas would drift apart: each step's
   intra-center all-reduce carries a "result in hand" flag, and the result is applied after
   the first step whose flags add up to the center's size (a 1-worker center: the next step);
-* a result that came in after the slot's last all-reduce is applied when the slot ends;
+* otherwise it is applied only once this worker has finished slot ``settle_after`` (the
+  slot after the round's own; the round's own for the last round): when that slot ends, or
+  at once if the worker is already past it and idle. Slot ends are the same step on every
+  worker of a center (the stop flag rides in the same all-reduce), so a worker that lags
+  its peers, or gets the result before they do, still applies it where they do;
 * a slot's work first applies the results the coordinator names (the round before last,
   as without this option), waiting for them if they are late, so a fragment's next
   pseudo-gradient always starts from its newest global value.
@@ -45,13 +48,16 @@ class Arrivals:
         # also held by the worker around whatever else reads or writes its parameters, so
         # that a result applied by the arrival thread never lands in the middle of it
         self.guard = self._cond = threading.Condition()  # re-entrant
-        self._pending: tuple[int, Any, bool] | None = None
+        self._pending: tuple[int, Any, bool, int] | None = None  # round, result, verify, settle_after
         self._training = False
+        self.slot_done = -1  # the last slot whose local work ended
         self._digests: dict[int, str] = {}
 
     # ------------------------------------------------------------ the arrival thread
-    def deliver(self, round: int, result: Any, verify: bool, apply: Apply) -> str:
+    def deliver(self, round: int, result: Any, verify: bool, apply: Apply, settle_after: int | None = None) -> str:
         """Hand over round ``round``'s result; returns what ``apply`` returned, once applied.
+        Outside a step every worker of the center agreed on, it is applied only once this
+        worker has finished slot ``settle_after`` (default ``round + 1``).
 
         Raises:
             RuntimeError: a result out of order, or one still in hand.
@@ -65,9 +71,9 @@ class Arrivals:
                 )
             if round <= self.applied_round:
                 raise RuntimeError(f"{self.where}: round {round}'s result arrived after round {self.applied_round}'s")
-            self._pending = (round, result, verify)
+            self._pending = (round, result, verify, round + 1 if settle_after is None else settle_after)
             self._cond.notify_all()
-            if not self._training:
+            if not self._training and self.slot_done >= self._pending[3]:
                 self._apply(apply)
             self._wait(lambda: round in self._digests, f"round {round}'s result was not applied")
             out = self._digests.pop(round)
@@ -87,11 +93,17 @@ class Arrivals:
                 raise RuntimeError(f"{self.where}: told to apply a result, and none is in hand")
             self._apply(apply)
 
+    def wait_applied(self, round: int) -> None:
+        """Block until round ``round``'s result is applied (by the arrival thread, or when
+        a slot ends): an evaluation of the global state after ``round`` waits here."""
+        with self._cond:
+            self._wait(lambda: self.applied_round >= round, f"round {round}'s result was not applied")
+
     @contextlib.contextmanager
-    def training(self, wait_applied: int | None, apply: Apply) -> Iterator[None]:
-        """Around a slot's inner steps: first apply every result through round
-        ``wait_applied`` (waiting for it), then train; a result that came in after the
-        last step's all-reduce is applied at the end.
+    def training(self, slot: int, wait_applied: int | None, apply: Apply) -> Iterator[None]:
+        """Around slot ``slot``'s inner steps: first apply every result through round
+        ``wait_applied`` (waiting for it), then train; at the end, the result in hand is
+        applied if this slot was the one it waited for.
 
         Raises:
             TimeoutError: the awaited result did not come within ``timeout_s``.
@@ -110,14 +122,15 @@ class Arrivals:
         finally:
             with self._cond:
                 self._training = False
-                if self._pending is not None:
+                self.slot_done = max(self.slot_done, slot)
+                if self._pending is not None and self.slot_done >= self._pending[3]:
                     self._apply(apply)
 
     # ------------------------------------------------------------ under the lock
     def _apply(self, apply: Apply) -> None:
         """Apply the result in hand. A failure is the arrival thread's to report (the
         coordinator then leaves the center out); the training thread goes on."""
-        round, result, verify = self._pending
+        round, result, verify, _ = self._pending
         self._pending = None
         try:
             self._digests[round] = apply(result, verify)

@@ -214,7 +214,7 @@ class Coordinator:
         record the round once they have applied it."""
         return self._finalize(self._commit(r, evaluate))
 
-    def _commit(self, r: int, evaluate: bool) -> _Committed:
+    def _commit(self, r: int, evaluate: bool, last: bool = False) -> _Committed:
         """Decide who takes part in round ``r``, reduce, and queue the result on the workers
         (without waiting for them to apply it)."""
         cfg = self.cfg
@@ -249,7 +249,7 @@ class Coordinator:
         self._observe(r, stats, list(decision.participants))
         reduced = self._reduce(r, decision, reports)
         reduced_s = time.perf_counter() - self.t0
-        self._apply(r, decision, live, reduced, evaluate)
+        self._apply(r, decision, live, reduced, evaluate, last)
         return _Committed(r, decision, reports, reduced, stats, slot["t0"], reduced_s)
 
     def _finalize(self, c: _Committed) -> RoundRecord:
@@ -287,7 +287,7 @@ class Coordinator:
                 out[c] = None
         return out
 
-    def _apply(self, r: int, decision: RoundDecision, live, reduced: dict, evaluate: bool) -> None:
+    def _apply(self, r: int, decision: RoundDecision, live, reduced: dict, evaluate: bool, last: bool = False) -> None:
         parts = list(decision.participants)
         every = self.cfg.train.verify_every_rounds
         # always verify at an evaluation, so the reported figures come from agreeing centers
@@ -303,8 +303,10 @@ class Coordinator:
                     continue
                 result = c.gateway.abort.remote(r) if failed else c.gateway.finish.remote(r)
                 if getattr(self.cfg.strategy, "apply_on_arrival", False):
-                    # each worker mixes it in mid-slot, on its actor's arrival thread
-                    self._applied[c.name] = [w.deliver.remote(r, result, verify) for w in c.workers]
+                    # each worker mixes it in mid-slot, on its actor's arrival thread, or when
+                    # the next slot ends (the last round: when its own slot ends)
+                    settle = r if last else r + 1
+                    self._applied[c.name] = [w.deliver.remote(r, result, verify, settle) for w in c.workers]
                     c.delivered_round = r
                 else:
                     self._applied[c.name] = [w.apply.remote(result, verify) for w in c.workers]
@@ -317,7 +319,7 @@ class Coordinator:
                 c.missed_round = r
         first = next(iter(self._applied), None)
         self._eval_center = first if evaluate else None
-        self._eval_ref = self._evaluate(self.centers[first]) if evaluate and first else None
+        self._eval_ref = self._evaluate(self.centers[first], r) if evaluate and first else None
         self.abandoned = bool(failed)
 
     def _applied_digests(self, r: int) -> dict[str, list[str]]:
@@ -474,7 +476,7 @@ class Coordinator:
         r = start
         while True:
             # nothing queued after r: r is the last round, and is evaluated
-            committed = self._commit(r, (r + 1) % eval_every == 0 or not queued)
+            committed = self._commit(r, (r + 1) % eval_every == 0 or not queued, last=not queued)
             after = False
             if queued:
                 self._send(r + 1)
@@ -484,13 +486,14 @@ class Coordinator:
                 return
             r, queued = r + 1, after
 
-    def _evaluate(self, c: CenterHandle):
-        """Ref of the held-out loss of ``c``'s state after the round just queued. With an
-        evaluator (models without buffers only), diloco and streaming read the global
+    def _evaluate(self, c: CenterHandle, r: int | None = None):
+        """Ref of the held-out loss of ``c``'s state after the round ``r`` just queued. With
+        an evaluator (models without buffers only), diloco and streaming read the global
         parameters from the gateway, bit for bit what every worker evaluates, so no worker
-        is interrupted at all."""
+        is interrupted at all. On the leader under ``apply_on_arrival`` the evaluation
+        waits until round ``r``'s result, delivered on another thread, is applied."""
         if self.evaluator is None:
-            return c.leader.evaluate.remote()
+            return c.leader.evaluate.remote(r if getattr(self.cfg.strategy, "apply_on_arrival", False) else None)
         if self.cfg.strategy.kind == "sync":
             return self.evaluator.evaluate.remote(c.leader.eval_state.remote())
         return self.evaluator.evaluate.remote(c.gateway.global_params.remote())

@@ -361,17 +361,18 @@ class Worker:
         ``apply_on_arrival`` the results through round ``wait_applied`` are applied first
         (see :mod:`suanwang.runtime.arrival`)."""
         fire(self.faults, self.spec.center, round, self.spec.rank)
-        training = self.arrivals.training(wait_applied, self.apply) if self.arrivals else contextlib.nullcontext()
+        training = self.arrivals.training(round, wait_applied, self.apply) if self.arrivals else contextlib.nullcontext()
         with training:
             stats = self.strategy.local_work(self, round, steps, until)
             return (stats, self.contribution()) if contribute else stats
 
-    def deliver(self, round: int, result, verify: bool = True) -> str:
+    def deliver(self, round: int, result, verify: bool = True, settle_after: int | None = None) -> str:
         """``apply_on_arrival``: round ``round``'s result, handed over while this worker
-        may be training (the actor's second thread); returns as :meth:`apply`, once applied."""
+        may be training (the actor's second thread); returns as :meth:`apply`, once applied
+        (see :class:`~suanwang.runtime.arrival.Arrivals` for when)."""
         if self.arrivals is None:
             raise RuntimeError(f"{self.spec.center} rank {self.spec.rank}: deliver needs strategy.apply_on_arrival")
-        return self.arrivals.deliver(round, result, verify, self.apply)
+        return self.arrivals.deliver(round, result, verify, self.apply, settle_after)
 
     def contribution(self) -> torch.Tensor:
         return self.strategy.contribution(self)
@@ -430,7 +431,11 @@ class Worker:
             swap = self.strategy.eval_tensor(self)
             return (swap if swap is not None else self.params_vector()).detach().cpu().clone()
 
-    def evaluate(self) -> float:
+    def evaluate(self, after: int | None = None) -> float:
+        """Held-out loss of this worker's state; under ``apply_on_arrival``, once round
+        ``after``'s result is applied."""
+        if self.arrivals is not None and after is not None:
+            self.arrivals.wait_applied(after)
         with self._guard:
             return self._evaluate()
 
