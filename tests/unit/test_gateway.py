@@ -30,13 +30,17 @@ JOB, TOKEN, NUMEL, CHUNK = "job-t", "secret-token", 3000, 4096
 def gateways():
     made: dict[str, Gateway] = {}
 
-    def make(names=("a", "b", "c"), outer=(1.0, 0.0, False), schedule="gather", faults=()):
+    def make(names=("a", "b", "c"), outer=(1.0, 0.0, False), schedule="gather", faults=(), codec=None):
+        """``codec``: ``make_codec`` arguments of every gateway's codec (default: none)."""
+        from suanwang.runtime.compress.registry import make_codec
+
         for n in names:
             peers = [p for p in names if p != n]
             t = tr.GrpcTransport(tr.Identity(JOB, n, TOKEN, frozenset(peers)), chunk_bytes=CHUNK)
             t.faults = LinkFaults(n, faults)
             made[n] = Gateway(
-                n, peers, t, NoneCodec(), DilocoCenter(*outer), NUMEL, JOB, CHUNK, 10 * NUMEL * 4, schedule=schedule
+                n, peers, t, make_codec(**codec) if codec else NoneCodec(), DilocoCenter(*outer), NUMEL, JOB, CHUNK,
+                10 * NUMEL * 4, schedule=schedule,
             )
         addrs = {n: made[n].start() for n in names}
         for n in names:
@@ -306,13 +310,8 @@ def test_ring_failure_is_reported_and_round_rolls_back(gateways):
 
 
 def test_two_shot_with_a_lossy_codec_agrees_bitwise_and_keeps_int8_error(gateways):
-    from suanwang.runtime.compress.registry import make_codec
-
     names = ("a", "b", "c")
-    gws = gateways(names, schedule="two_shot")
-    for gw in gws.values():
-        for grp in gw.groups:
-            grp.codec = make_codec("int8")
+    gws = gateways(names, schedule="two_shot", codec={"kind": "int8"})
     g = torch.Generator().manual_seed(8)
     tensors = {n: torch.randn(NUMEL, generator=g) for n in names}
     samples = {"a": 1, "b": 1, "c": 2}
@@ -328,14 +327,10 @@ def test_two_shot_error_feedback_keeps_rounding_from_piling_up(gateways):
     """The same contributions every round: without error feedback int4 rounds them the same
     way each time, and the outer SGD (lr 1) adds that error up round after round; with it,
     the error after K rounds stays about one round's."""
-    from suanwang.runtime.compress.registry import make_codec
     from suanwang.runtime.topology import segments
 
     names, rounds = ("a", "b", "c"), 8
-    gws = gateways(names, schedule="two_shot")
-    for gw in gws.values():
-        for grp in gw.groups:
-            grp.codec = make_codec("int4")
+    gws = gateways(names, schedule="two_shot", codec={"kind": "int4"})
     g = torch.Generator().manual_seed(9)
     tensors = {n: torch.randn(NUMEL, generator=g) for n in names}
     samples = {"a": 1, "b": 2, "c": 1}
@@ -399,13 +394,8 @@ def test_two_shot_among_fewer_participants_than_live_centers(gateways):
 
 @pytest.mark.parametrize("policy", ["error", "zero"])
 def test_two_shot_applies_the_codecs_nan_policy_before_anything_moves(gateways, policy):
-    from suanwang.runtime.compress.registry import make_codec
-
     names = ("a", "b", "c")
-    gws = gateways(names, schedule="two_shot")
-    for gw in gws.values():
-        for grp in gw.groups:
-            grp.codec = make_codec("int8", nonfinite=policy)
+    gws = gateways(names, schedule="two_shot", codec={"kind": "int8", "nonfinite": policy})
     bad = torch.ones(NUMEL)
     bad[5] = float("nan")
     tensors = {"a": torch.ones(NUMEL), "b": bad, "c": torch.ones(NUMEL)}
