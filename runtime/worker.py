@@ -388,18 +388,15 @@ class Worker:
     # ------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:
         """Write this worker's state (model, inner optimizer, data position, RNG)."""
-        with self._guard:
-            self._save(path)
-
-    def _save(self, path: str) -> None:
-        sd = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "round_start": self.round_start,
-            "rng": torch.get_rng_state(),
-            "data": self.data.state_dict() if hasattr(self.data, "state_dict") else None,
-            "strategy": self.strategy.state_dict(),
-        }
+        with self._guard:  # a consistent snapshot; the file is written outside the lock
+            sd = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "round_start": self.round_start,
+                "rng": torch.get_rng_state(),
+                "data": self.data.state_dict() if hasattr(self.data, "state_dict") else None,
+                "strategy": self.strategy.state_dict(),
+            }
         save_atomic(sd, path)
 
     def load(self, path: str) -> str:
@@ -436,21 +433,18 @@ class Worker:
         ``after``'s result is applied."""
         if self.arrivals is not None and after is not None:
             self.arrivals.wait_applied(after)
-        with self._guard:
-            return self._evaluate()
-
-    def _evaluate(self) -> float:
         if self.fns.eval_fn is None:
             return float("nan")
-        swap = self.strategy.eval_tensor(self)
-        saved = self.params_vector() if swap is not None else None
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                if swap is not None:
-                    unflatten_into(swap.to(self.device), self.params)
-                return float(self.fns.eval_fn(self.model))
-        finally:
-            if saved is not None:
-                unflatten_into(saved.to(self.device), self.params)
-            self.model.train()
+        with self._guard:
+            swap = self.strategy.eval_tensor(self)
+            saved = self.params_vector() if swap is not None else None
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    if swap is not None:
+                        unflatten_into(swap.to(self.device), self.params)
+                    return float(self.fns.eval_fn(self.model))
+            finally:
+                if saved is not None:
+                    unflatten_into(saved.to(self.device), self.params)
+                self.model.train()
