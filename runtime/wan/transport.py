@@ -5,7 +5,10 @@ loop thread, so that the blocking gateway API (called from a Ray actor or a test
 touches asyncio. Every call carries the job token, the job id, the protocol version and the
 caller's center name as metadata; the server checks them before reading a byte of payload.
 Payloads are streamed as chunks (:mod:`suanwang.runtime.wan.payload`) and validated on
-arrival; a rejected payload is logged, counted and never delivered.
+arrival; a rejected payload is logged, counted and never delivered. A payload that fits in
+one chunk goes as a single unary ``PushOne`` call instead of a ``Push`` stream: same checks,
+same ack, about a quarter less CPU per payload on the two sides together (a streaming
+round's int4 fragments are a few kB each).
 
 Channel options (why each is set):
 
@@ -46,6 +49,11 @@ MD_TOKEN = "x-suanwang-token"
 MD_JOB = "x-suanwang-job"
 MD_CENTER = "x-suanwang-center"
 MD_VERSION = "x-suanwang-version"
+# A payload up to this size is decoded and checked on the event loop: for a small one the
+# hand-over to a thread and back costs more than the work (an int4 fragment of the demo
+# model, ~6 kB, decodes in ~0.15 ms). A larger one goes to a thread, so that the loop
+# keeps serving the other peers meanwhile.
+INLINE_DELIVER_BYTES = 64 * 1024
 
 
 class Inbound(Protocol):
@@ -151,17 +159,30 @@ class _Servicer(wan_pb2_grpc.GatewayServicer):
         )
 
     async def Push(self, request_iterator, context):
+        return await self._receive(await self._auth(context), request_iterator)
+
+    async def PushOne(self, request, context):
         sender = await self._auth(context)
+
+        async def one():
+            yield request
+
+        return await self._receive(sender, one())
+
+    async def _receive(self, sender: str, chunks) -> wan_pb2.PushAck:
+        """Assemble, check and deliver one payload from ``chunks`` (an async iterator)."""
         inbound = self.t.inbound
         asm = Assembler(inbound.expectation(sender))
         nbytes = 0
         try:
-            async for chunk in request_iterator:
+            async for chunk in chunks:
                 nbytes += chunk.ByteSize()
                 asm.feed(chunk)
             header, enc = asm.finish()
-            # Decoding a large payload must not stall the loop that serves other peers.
-            await asyncio.to_thread(inbound.deliver, sender, header, enc, asm.finite_checked)
+            if nbytes <= INLINE_DELIVER_BYTES:
+                inbound.deliver(sender, header, enc, asm.finite_checked)
+            else:
+                await asyncio.to_thread(inbound.deliver, sender, header, enc, asm.finite_checked)
         except PayloadError as err:
             msg = f"{self.t.identity.center}: rejected payload: {err}"
             log.warning(msg)
@@ -397,13 +418,19 @@ class GrpcTransport:
                 counted += c.ByteSize()
                 yield c
 
+        async def push(left: float) -> wan_pb2.PushAck:
+            if enc.data.numel() > self.chunk_bytes:
+                return await stub.Push(chunks(), metadata=self._metadata(), timeout=left)
+            [one] = [c async for c in chunks()]  # fits in one chunk: one unary call
+            return await stub.PushOne(one, metadata=self._metadata(), timeout=left)
+
         copies = 2 if "duplicate" in hits else 1
         attempt = 0
         while True:
             try:
                 for copy in range(copies):
                     left = deadline - time.perf_counter()
-                    ack = await stub.Push(chunks(), metadata=self._metadata(), timeout=max(0.05, left))
+                    ack = await push(max(0.05, left))
                     # A retry of a payload whose ack was lost finds it already delivered.
                     if ack.accepted or (attempt > 0 and ack.reason.endswith("duplicate")):
                         continue

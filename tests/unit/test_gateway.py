@@ -128,12 +128,17 @@ def test_late_peer_leaves_round_after_deadline(gateways):
         (md(center="mallory"), grpc.StatusCode.UNAUTHENTICATED),
     ],
 )
-def test_refused_callers_never_reach_the_model(gateways, meta, code):
+@pytest.mark.parametrize("method", ["Push", "PushOne"])
+def test_refused_callers_never_reach_the_model(gateways, meta, code, method):
     gws = gateways(("a", "b"))
     before = digest(gws["a"].strategy.params)
     ch, stub = raw_stub(gws["a"])
+    cs = chunks_for(torch.ones(NUMEL))
     with ch, pytest.raises(grpc.RpcError) as info:
-        stub.Push(iter(chunks_for(torch.ones(NUMEL))), metadata=meta, timeout=10)
+        if method == "Push":
+            stub.Push(iter(cs), metadata=meta, timeout=10)
+        else:
+            stub.PushOne(cs[0], metadata=meta, timeout=10)
     assert info.value.code() == code
     assert gws["a"].stats()["rejected"], "refusal must be logged and counted"
     assert gws["a"]._inbox == {}
@@ -219,6 +224,81 @@ def test_invalid_payloads_are_rejected_before_use(gateways, mutate, reason):
     assert gws["a"]._inbox == {}
     assert digest(gws["a"].strategy.params) == before
     assert any(reason in r for r in gws["a"].stats()["rejected"])
+
+
+def one_chunk_for(tensor, r=0):
+    """A payload of ``NUMEL`` values that fits in one chunk (int8: a byte per value)."""
+    from suanwang.runtime.compress.registry import make_codec
+
+    cs = list(to_chunks(Meta(JOB, r, "b", PAYLOAD_NAME, 8), make_codec(kind="int8").encode(tensor), CHUNK))
+    assert len(cs) == 1
+    return cs
+
+
+def _corrupt_only_chunk(cs):
+    cs[0].data = cs[0].data[:-1] + bytes([cs[0].data[-1] ^ 1])
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (None, None),
+        (_corrupt_only_chunk, "CRC-32"),
+        (_wrong_round, "round outside"),
+        (_wrong_sender, "authenticated peer"),
+        (_wrong_shape, "differs from the expected"),
+        (_no_header, "no header"),
+        (_extra_bytes, "more than the announced"),
+        ("first of three", "truncated"),
+    ],
+)
+def test_single_message_push_is_checked_like_a_stream(gateways, mutate, reason):
+    """PushOne (a payload in one message) goes through the same checks as Push: a bad one
+    is refused, logged and never reaches the inbox; a good one is delivered."""
+    gws = gateways(("a", "b"))
+    before = digest(gws["a"].strategy.params)
+    if mutate == "first of three":  # the header announces three chunks; one came
+        cs = chunks_for(torch.ones(NUMEL))[:1]
+    else:
+        cs = one_chunk_for(torch.ones(NUMEL))
+        if mutate is not None:
+            mutate(cs)
+    ch, stub = raw_stub(gws["a"])
+    with ch:
+        ack = stub.PushOne(cs[0], metadata=md(), timeout=10)
+    if reason is None:
+        assert ack.accepted, ack.reason
+        assert (("b", PAYLOAD_NAME)) in gws["a"]._inbox[0]
+        return
+    assert not ack.accepted and reason in ack.reason, ack.reason
+    assert gws["a"]._inbox == {}
+    assert digest(gws["a"].strategy.params) == before
+    assert any(reason in r for r in gws["a"].stats()["rejected"])
+
+
+def test_one_chunk_payloads_go_as_one_message(gateways):
+    """A payload that fits in a chunk is sent with the unary PushOne, a larger one streamed
+    with Push; both arrive intact."""
+    from suanwang.runtime.compress.registry import make_codec
+
+    gws = gateways(("a", "b"))
+    calls = []
+    stub = gws["b"].transport._stubs["a"]
+    for method in ("Push", "PushOne"):
+        real = getattr(stub, method)
+
+        def spy(*args, _real=real, _m=method, **kw):
+            calls.append(_m)
+            return _real(*args, **kw)
+
+        setattr(stub, method, spy)
+    small = make_codec(kind="int8").encode(torch.ones(NUMEL))  # ~3 kB: one chunk
+    big = NoneCodec().encode(torch.ones(NUMEL))  # 12 kB: three chunks
+    for r, enc in enumerate((small, big)):
+        res = gws["b"].transport.send_batch(["a"], [(Meta(JOB, r, "b", PAYLOAD_NAME, 1), enc)], timeout=10)
+        assert res["a"].error is None
+    assert calls == ["PushOne", "Push"]
+    assert {r for r in gws["a"]._inbox} == {0, 1}
 
 
 def test_non_finite_and_duplicate_payloads_are_rejected(gateways):
@@ -438,8 +518,9 @@ def test_pick_schedule():
         ("throttle", {"rate_mbit": 2.0}, ["a", "b"], None),
     ],
 )
-def test_link_faults_on_the_real_transport(gateways, action, extra, expect_held, reason):
-    gws = gateways(("a", "b"), faults=(LinkFault("b", action, peer="a", rounds=(0, 0), **extra),))
+@pytest.mark.parametrize("codec", [None, {"kind": "int8"}], ids=["streamed", "one-message"])
+def test_link_faults_on_the_real_transport(gateways, action, extra, expect_held, reason, codec):
+    gws = gateways(("a", "b"), faults=(LinkFault("b", action, peer="a", rounds=(0, 0), **extra),), codec=codec)
     t0 = time.time()
     reps = run_round(gws, 0, {"a": torch.ones(NUMEL), "b": torch.ones(NUMEL)}, {"a": 1, "b": 1}, timeout=1.5)
     assert reps["a"].held == expect_held
@@ -447,8 +528,9 @@ def test_link_faults_on_the_real_transport(gateways, action, extra, expect_held,
     if reason:
         assert any(reason in r for r in rejected), rejected
     assert gws["b"].stats()["faults_fired"], "the fault must have fired and been recorded"
-    if action == "throttle":  # 12 kB at 2 Mbit/s takes ~50 ms
-        assert reps["b"].sent["a"].seconds >= 0.04
+    if action == "throttle":  # 12 kB (3 kB in int8) at 2 Mbit/s take ~50 ms (~13 ms)
+        sent = reps["b"].sent["a"]
+        assert sent.seconds >= 0.8 * sent.bytes_sent * 8 / 2e6
     # round 1 is not scripted: the link works again
     for n in gws:
         gws[n].skip(0)

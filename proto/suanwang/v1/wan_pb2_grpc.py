@@ -44,6 +44,11 @@ class GatewayStub:
                 request_serializer=suanwang_dot_v1_dot_wan__pb2.Chunk.SerializeToString,
                 response_deserializer=suanwang_dot_v1_dot_wan__pb2.PushAck.FromString,
                 _registered_method=True)
+        self.PushOne = channel.unary_unary(
+                '/suanwang.v1.Gateway/PushOne',
+                request_serializer=suanwang_dot_v1_dot_wan__pb2.Chunk.SerializeToString,
+                response_deserializer=suanwang_dot_v1_dot_wan__pb2.PushAck.FromString,
+                _registered_method=True)
         self.Probe = channel.unary_unary(
                 '/suanwang.v1.Gateway/Probe',
                 request_serializer=suanwang_dot_v1_dot_wan__pb2.ProbeRequest.SerializeToString,
@@ -67,6 +72,15 @@ class GatewayServicer:
 
     def Push(self, request_iterator, context):
         """Client-streams one payload as chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushOne(self, request, context):
+        """A payload that fits in one chunk, as one message: a unary call costs the two sides
+        about a third less CPU than a one-chunk stream, and small payloads are most of a
+        streaming round's traffic. Checked and acknowledged exactly like Push.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +111,11 @@ def add_GatewayServicer_to_server(servicer, server):
             ),
             'Push': grpc.stream_unary_rpc_method_handler(
                     servicer.Push,
+                    request_deserializer=suanwang_dot_v1_dot_wan__pb2.Chunk.FromString,
+                    response_serializer=suanwang_dot_v1_dot_wan__pb2.PushAck.SerializeToString,
+            ),
+            'PushOne': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushOne,
                     request_deserializer=suanwang_dot_v1_dot_wan__pb2.Chunk.FromString,
                     response_serializer=suanwang_dot_v1_dot_wan__pb2.PushAck.SerializeToString,
             ),
@@ -163,6 +182,33 @@ class Gateway:
             request_iterator,
             target,
             '/suanwang.v1.Gateway/Push',
+            suanwang_dot_v1_dot_wan__pb2.Chunk.SerializeToString,
+            suanwang_dot_v1_dot_wan__pb2.PushAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushOne(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/suanwang.v1.Gateway/PushOne',
             suanwang_dot_v1_dot_wan__pb2.Chunk.SerializeToString,
             suanwang_dot_v1_dot_wan__pb2.PushAck.FromString,
             options,
