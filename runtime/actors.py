@@ -63,13 +63,13 @@ class WorkerActor:
         return self.w.local_work(round, steps, until, contribute, wait_applied)
 
     @ray.method(concurrency_group="arrival")
-    def deliver(self, round: int, result, verify: bool = True, settle_after: int | None = None) -> str:
+    def deliver(self, round: int, result, verify: bool = True, settle_after: int | None = None) -> tuple[str, str]:
         return self.w.deliver(round, result, verify, settle_after)
 
     def contribution(self):
         return self.w.contribution()
 
-    def apply(self, result, verify: bool = True) -> str:
+    def apply(self, result, verify: bool = True) -> tuple[str, str]:
         return self.w.apply(result, verify)
 
     def params_digest(self) -> str:

@@ -322,7 +322,7 @@ class Coordinator:
         self._eval_ref = self._evaluate(self.centers[first], r) if evaluate and first else None
         self.abandoned = bool(failed)
 
-    def _applied_digests(self, r: int) -> dict[str, list[str]]:
+    def _applied_digests(self, r: int) -> dict[str, list[tuple[str, str]]]:
         """Each center's digests of round ``r``'s result, once applied. A center that does
         not apply it within the round timeout (under overlap the result queues behind the
         next round's work) or fails is left out from here on, like a late center."""
@@ -342,10 +342,14 @@ class Coordinator:
         # every center whose payload was reduced took part, even one that then applied the
         # result too late (it is left out from the next round on)
         parts = [c for c in decision.participants if c in self._applied]
-        flat = {d for ds in digests.values() for d in ds if d}
-        if len(flat) > 1:
+        agreed = {g for ds in digests.values() for g, _ in ds if g}
+        if len(agreed) > 1:
             self.params_agree = False
             self._event(f"round {r}: parameters differ across centers: {digests}")
+        for name, ds in digests.items():
+            if len({mine for _, mine in ds if mine}) > 1:
+                self.params_agree = False
+                self._event(f"round {r}: the workers of {name} hold different parameters: {[m for _, m in ds]}")
         per_center, round_links = {}, {}
         for name, rep in reports.items():
             red = reduced.get(name)

@@ -377,13 +377,23 @@ class Worker:
     def contribution(self) -> torch.Tensor:
         return self.strategy.contribution(self)
 
-    def apply(self, result, verify: bool = True) -> str:
-        """Apply a round's result; with ``verify``, returns the digest of what every center
-        must agree on (the parameters, or the global state under streaming), else ``""``
-        (hashing a large model every round is not free)."""
+    def apply(self, result, verify: bool = True) -> tuple[str, str]:
+        """Apply a round's result. With ``verify``, returns two digests: of what every
+        center must agree on (the parameters, or the global state under diloco and
+        streaming), and of this replica's parameters, which every worker of the center must
+        hold bit for bit (under streaming they differ between centers); ``("", "")``
+        without (hashing a large model every round is not free). A worker alone in its
+        center has no replica to compare and leaves the second empty."""
         with self._guard:
             self.strategy.apply(self, result)
-            return digest(self.strategy.agreement_tensor(self)) if verify else ""
+            if not verify:
+                return "", ""
+            agreed = self.strategy.agreement_tensor(self)
+            if self.spec.world_size == 1:
+                return digest(agreed), ""
+            mine = self.params_vector()
+            same = mine.device == agreed.device and torch.equal(agreed, mine)  # sync: one hash
+            return digest(agreed), digest(agreed) if same else digest(mine)
 
     # ------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:

@@ -297,6 +297,35 @@ def test_streaming_with_overlap_drops_a_late_center_and_goes_on(local_ray):
     assert time.perf_counter() - t0 < 60  # not held up for the 30 s delay
 
 
+def test_workers_of_a_center_that_drift_apart_are_reported(local_ray):
+    # The agreement check hashes, besides the state all centers share, each replica: here
+    # rank 1 of shenzhen nudges one weight after its first step (a user's optimizer, say,
+    # or a broken device), which the global state never shows under streaming.
+    import torch.distributed as dist
+
+    class Skewed(torch.optim.SGD):
+        def step(self, closure=None):
+            out = super().step(closure)
+            if dist.is_initialized() and dist.get_rank() == 1 and not getattr(self, "nudged", False):
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0].view(-1)[0] += 1e-3
+                self.nudged = True
+            return out
+
+    cfg = parse_config(
+        small_config(
+            strategy={"kind": "streaming", "inner_steps": 6, "fragments": 3, "overlap": 0, "mix": 0.5},
+            train={"steps": 12},
+        ),
+        environ={},
+    )
+    fns = dataclasses.replace(demo_functions(cfg), optimizer_fn=lambda ps: Skewed(ps, lr=0.01))
+    res = Job(cfg, fns).run()
+    assert not res.params_agree
+    assert any("the workers of shenzhen hold different parameters" in e for e in res.events), res.events
+    assert not any("differ across centers" in e for e in res.events), res.events
+
+
 def _steps_per_round(res, center: str) -> list[int]:
     done = [h.centers[center]["steps"] for h in res.history if center in h.centers]
     return [b - a for a, b in zip([0, *done], done)]

@@ -14,6 +14,7 @@ from suanwang.launch.demo import demo_functions
 from suanwang.runtime import parse_config
 from suanwang.runtime.config import demo_config_path
 from suanwang.runtime.functions import DataShard
+from suanwang.runtime.flat import digest
 from suanwang.runtime.worker import Worker, WorkerSpec, default_optimizer
 
 
@@ -259,3 +260,27 @@ def test_on_arrival_every_worker_of_a_center_applies_after_the_same_step(monkeyp
     assert applied_after == [3]
     assert torch.equal(w.round_start[a:b], glob) and delivered["d"]
     assert w.arrivals.applied_round == 7 and not w.arrivals.in_hand()
+
+
+@pytest.mark.parametrize("kind", ["sync", "streaming"])
+def test_a_verified_apply_reports_the_agreed_state_and_this_replica(kind):
+    # the first digest is what every center agrees on, the second what every worker of this
+    # center holds: under streaming the replica (half local, half global) differs from the
+    # global state; a worker alone in its center has no replica to compare
+    strategy = {"kind": "streaming", "inner_steps": 6, "fragments": 3, "overlap": 0, "mix": 0.5} if kind == "streaming" else {"kind": "sync"}
+    cfg = _cfg(**strategy)
+    pair = Worker(WorkerSpec("a", 0, 1, 0, 2), cfg, demo_functions(cfg))
+    alone = _worker(cfg, demo_functions(cfg))
+    for w in (pair, alone):
+        w.train_steps(2)
+    if kind == "streaming":
+        a, b = pair.strategy.fragments[0]
+        result = (a, b, torch.full((b - a,), 0.25))
+    else:
+        result = torch.zeros(pair.numel)
+    agreed, mine = pair.apply(result)
+    assert agreed == digest(pair.strategy.agreement_tensor(pair))
+    assert mine == digest(pair.params_vector())
+    assert (agreed == mine) == (kind == "sync")
+    assert alone.apply(result)[1] == ""
+    assert pair.apply(result, verify=False) == ("", "")
