@@ -389,11 +389,12 @@ class Worker:
             if not verify:
                 return "", ""
             agreed = self.strategy.agreement_tensor(self)
+            shared = digest(agreed)
             if self.spec.world_size == 1:
-                return digest(agreed), ""
+                return shared, ""
             mine = self.params_vector()
             same = mine.device == agreed.device and torch.equal(agreed, mine)  # sync: one hash
-            return digest(agreed), digest(agreed) if same else digest(mine)
+            return shared, shared if same else digest(mine)
 
     # ------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:
