@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-Apply = Callable[[Any, bool], str]
+Apply = Callable[[Any, bool], Any]  # (result, verify) -> what deliver returns
 
 
 class Arrivals:
@@ -51,10 +51,10 @@ class Arrivals:
         self._pending: tuple[int, Any, bool, int] | None = None  # round, result, verify, settle_after
         self._training = False
         self.slot_done = -1  # the last slot whose local work ended
-        self._digests: dict[int, str] = {}
+        self._digests: dict[int, Any] = {}  # what apply returned (or raised), per round
 
     # ------------------------------------------------------------ the arrival thread
-    def deliver(self, round: int, result: Any, verify: bool, apply: Apply, settle_after: int | None = None) -> str:
+    def deliver(self, round: int, result: Any, verify: bool, apply: Apply, settle_after: int | None = None) -> Any:
         """Hand over round ``round``'s result; returns what ``apply`` returned, once applied.
         Outside a step every worker of the center agreed on, it is applied only once this
         worker has finished slot ``settle_after`` (default ``round + 1``).

@@ -118,7 +118,7 @@ class Coordinator:
                 continue
             state = c.gateway.resync_from.remote(source, last_round)
             try:
-                ray.get([w.apply.remote(state) for w in c.workers], timeout=self.cfg.wan.round_timeout_s)
+                ray.get([w.apply.remote(state, False) for w in c.workers], timeout=self.cfg.wan.round_timeout_s)
             except (RayActorError, RayTaskError, GetTimeoutError) as err:
                 c.state = "dead"
                 self._event(f"{c.name}: resync from {source} failed: {err}")

@@ -366,7 +366,7 @@ class Worker:
             stats = self.strategy.local_work(self, round, steps, until)
             return (stats, self.contribution()) if contribute else stats
 
-    def deliver(self, round: int, result, verify: bool = True, settle_after: int | None = None) -> str:
+    def deliver(self, round: int, result, verify: bool = True, settle_after: int | None = None) -> tuple[str, str]:
         """``apply_on_arrival``: round ``round``'s result, handed over while this worker
         may be training (the actor's second thread); returns as :meth:`apply`, once applied
         (see :class:`~suanwang.runtime.arrival.Arrivals` for when)."""

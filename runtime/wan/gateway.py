@@ -415,9 +415,11 @@ class Gateway:
             t0 = time.perf_counter()
             x = own[g.start - a : g.stop - a]
             enc = g.codec.encode(x.view(g.shape) if g.shape else x, g.state)
-            # Keep what the peers will decode, so every center reduces the same values.
+            # Keep what the peers will decode, so every center reduces the same values
+            # (decoded outside the lock, which the transport's loop takes to deliver).
+            mine = decode(enc)
             with self._cond:
-                self._inbox.setdefault(round, {})[(self.center, g.name)] = (decode(enc), int(samples), enc)
+                self._inbox.setdefault(round, {})[(self.center, g.name)] = (mine, int(samples), enc)
             encode_s += time.perf_counter() - t0
             batch.append((Meta(self.job_id, round, self.center, g.name, int(samples)), enc))
         if batch:

@@ -301,6 +301,23 @@ def test_one_chunk_payloads_go_as_one_message(gateways):
     assert {r for r in gws["a"]._inbox} == {0, 1}
 
 
+@pytest.mark.parametrize("codec", [None, {"kind": "int8"}], ids=["streamed", "one-message"])
+def test_a_throttled_send_keeps_its_deadline(gateways, codec):
+    # at 0.02 Mbit/s a 3 kB (int8, one message) or 12 kB payload takes 1.2 s or 4.8 s to
+    # pace out: past the 0.5 s the send is given, so it fails instead of arriving late,
+    # whether the pacing happens inside a Push stream or before a PushOne call
+    from suanwang.runtime.compress.registry import make_codec
+
+    gws = gateways(("a", "b"), faults=(LinkFault("b", "throttle", peer="a", rounds=(0, 0), rate_mbit=0.02),))
+    enc = (make_codec(**codec) if codec else NoneCodec()).encode(torch.ones(NUMEL))
+    t0 = time.perf_counter()
+    res = gws["b"].transport.send_batch(["a"], [(Meta(JOB, 0, "b", PAYLOAD_NAME, 1), enc)], timeout=0.5)
+    assert res["a"].error is not None and "DEADLINE_EXCEEDED" in res["a"].error, res["a"].error
+    assert time.perf_counter() - t0 < 3.0
+    time.sleep(0.2)
+    assert gws["a"]._inbox == {}
+
+
 def test_non_finite_and_duplicate_payloads_are_rejected(gateways):
     gws = gateways(("a", "b"))
     bad = torch.ones(NUMEL)
@@ -528,8 +545,10 @@ def test_link_faults_on_the_real_transport(gateways, action, extra, expect_held,
     if reason:
         assert any(reason in r for r in rejected), rejected
     assert gws["b"].stats()["faults_fired"], "the fault must have fired and been recorded"
+    sent = reps["b"].sent["a"]
+    if codec is not None and action not in ("drop", "partition"):  # one chunk: one PushOne
+        assert 0 < sent.bytes_sent < CHUNK * (2 if action == "duplicate" else 1)
     if action == "throttle":  # 12 kB (3 kB in int8) at 2 Mbit/s take ~50 ms (~13 ms)
-        sent = reps["b"].sent["a"]
         assert sent.seconds >= 0.8 * sent.bytes_sent * 8 / 2e6
     # round 1 is not scripted: the link works again
     for n in gws:

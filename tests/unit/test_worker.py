@@ -258,7 +258,8 @@ def test_on_arrival_every_worker_of_a_center_applies_after_the_same_step(monkeyp
     # in hand from step 1; applied after step 2, the first at which both workers had it
     assert steps == [0.0, 1.0, 1.0, 0.0, 0.0]
     assert applied_after == [3]
-    assert torch.equal(w.round_start[a:b], glob) and delivered["d"]
+    assert torch.equal(w.round_start[a:b], glob)
+    assert all(delivered["d"])  # the shared state's digest, and this replica's (2 workers)
     assert w.arrivals.applied_round == 7 and not w.arrivals.in_hand()
 
 
