@@ -89,6 +89,8 @@ class Coordinator:
         self.initial_eval_loss = float("nan")
         self.wan_bytes = 0
         self.t0 = time.perf_counter()
+        # strategy.apply_on_arrival: results go to the workers' arrival threads
+        self._on_arrival = bool(getattr(cfg.strategy, "apply_on_arrival", False))
         self._slots: dict[int, dict] = {}
         self.planner: SlotPlanner | None = None
         self.evaluator = None  # an EvaluatorActor (train.eval_on: evaluator), else the leader evaluates
@@ -302,7 +304,7 @@ class Coordinator:
                     c.state, c.pending, c.missed_round = "late", c.gateway.stats.remote(), r
                     continue
                 result = c.gateway.abort.remote(r) if failed else c.gateway.finish.remote(r)
-                if getattr(self.cfg.strategy, "apply_on_arrival", False):
+                if self._on_arrival:
                     # each worker mixes it in mid-slot, on its actor's arrival thread, or when
                     # the next slot ends (the last round: when its own slot ends)
                     settle = r if last else r + 1
@@ -497,7 +499,7 @@ class Coordinator:
         is interrupted at all. On the leader under ``apply_on_arrival`` the evaluation
         waits until round ``r``'s result, delivered on another thread, is applied."""
         if self.evaluator is None:
-            return c.leader.evaluate.remote(r if getattr(self.cfg.strategy, "apply_on_arrival", False) else None)
+            return c.leader.evaluate.remote(r if self._on_arrival else None)
         if self.cfg.strategy.kind == "sync":
             return self.evaluator.evaluate.remote(c.leader.eval_state.remote())
         return self.evaluator.evaluate.remote(c.gateway.global_params.remote())

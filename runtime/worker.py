@@ -380,21 +380,18 @@ class Worker:
     def apply(self, result, verify: bool = True) -> tuple[str, str]:
         """Apply a round's result. With ``verify``, returns two digests: of what every
         center must agree on (the parameters, or the global state under diloco and
-        streaming), and of this replica's parameters, which every worker of the center must
-        hold bit for bit (under streaming they differ between centers); ``("", "")``
-        without (hashing a large model every round is not free). A worker alone in its
-        center has no replica to compare and leaves the second empty."""
+        streaming), and, under streaming, of this replica's parameters, which every worker
+        of the center must hold bit for bit (they differ between centers); ``("", "")``
+        without (hashing a large model every round is not free). The second is empty where
+        the first already covers the replica, or no other worker of the center has one."""
         with self._guard:
             self.strategy.apply(self, result)
             if not verify:
                 return "", ""
-            agreed = self.strategy.agreement_tensor(self)
-            shared = digest(agreed)
-            if self.spec.world_size == 1:
+            shared = digest(self.strategy.agreement_tensor(self))
+            if self.spec.world_size == 1 or not self.strategy.keeps_local_progress:
                 return shared, ""
-            mine = self.params_vector()
-            same = mine.device == agreed.device and torch.equal(agreed, mine)  # sync: one hash
-            return shared, shared if same else digest(mine)
+            return shared, digest(self.params_vector())
 
     # ------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:

@@ -39,6 +39,11 @@ class LocalStats:
 class WorkerStrategy(abc.ABC):
     """The worker half of a strategy."""
 
+    # Whether a replica's parameters hold more than the agreement tensor (streaming's
+    # local progress): then each worker also hashes its own, to be compared within its
+    # center. Otherwise the agreed digest, compared across every worker, covers them.
+    keeps_local_progress = False
+
     @abc.abstractmethod
     def local_work(self, worker: "Worker", round: int, steps: int | None = None, until: float | None = None) -> LocalStats:
         """Do this round's computation (inner steps and intra-center all-reduces): ``steps``

@@ -23,6 +23,8 @@ Span = tuple[int, int]
 
 
 class StreamingWorker(WorkerStrategy):
+    keeps_local_progress = True  # the mix leaves each center's replica its own
+
     def __init__(self, slot_steps: int, mix: float):
         self.slot_steps = slot_steps
         self.mix = mix

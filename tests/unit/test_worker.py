@@ -267,7 +267,8 @@ def test_on_arrival_every_worker_of_a_center_applies_after_the_same_step(monkeyp
 def test_a_verified_apply_reports_the_agreed_state_and_this_replica(kind):
     # the first digest is what every center agrees on, the second what every worker of this
     # center holds: under streaming the replica (half local, half global) differs from the
-    # global state; a worker alone in its center has no replica to compare
+    # global state and is hashed too; under sync the agreed digest is the replica's own
+    # (compared across every worker), and a worker alone in its center compares with nobody
     strategy = {"kind": "streaming", "inner_steps": 6, "fragments": 3, "overlap": 0, "mix": 0.5} if kind == "streaming" else {"kind": "sync"}
     cfg = _cfg(**strategy)
     pair = Worker(WorkerSpec("a", 0, 1, 0, 2), cfg, demo_functions(cfg))
@@ -281,7 +282,9 @@ def test_a_verified_apply_reports_the_agreed_state_and_this_replica(kind):
         result = torch.zeros(pair.numel)
     agreed, mine = pair.apply(result)
     assert agreed == digest(pair.strategy.agreement_tensor(pair))
-    assert mine == digest(pair.params_vector())
-    assert (agreed == mine) == (kind == "sync")
+    if kind == "streaming":
+        assert mine == digest(pair.params_vector()) and mine != agreed
+    else:
+        assert mine == "" and agreed == digest(pair.params_vector())
     assert alone.apply(result)[1] == ""
     assert pair.apply(result, verify=False) == ("", "")
