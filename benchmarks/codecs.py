@@ -6,11 +6,18 @@ PyTorch's PowerSGD DDP hook at the same rank.
 
     python -m suanwang.benchmarks.codecs --json codecs.json            # 64M and 4M elements
     python -m suanwang.benchmarks.codecs --quick                        # smoke test
+    python -m suanwang.benchmarks.codecs --device cuda --json codecs_cuda.json
 
 Throughput is GB of float32 input per second. Codecs with error feedback (topk, sign,
 powersgd) are timed with a state, as they are used. Each figure is timed taking turns with
 the copy (and topk with torch.topk, powersgd with the hook), and its ratio uses the copy
 measured alongside: on a shared machine, load changes within seconds.
+
+On an accelerator (``--device cuda``, ``npu``) the input, the copy baseline, torch.topk and
+the hook all live on the device, and every timed call ends with the device synchronised.
+Encode is what a gateway pays: the kernels on the device, then the payload copied to a
+host buffer for the wire; decode is the reverse (the payload copied to the device, decoded
+into a device tensor).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import torch
 
 from suanwang.benchmarks.common import (
     CopyBaseline,
+    check_device,
+    device_sync,
     format_size,
     parse_size,
     print_table,
@@ -59,7 +68,9 @@ TARGET_MIN_NUMEL = 16 << 20
 """Targets are judged on large tensors only (they are set for 64M elements)."""
 POWERSGD_RANK = 4
 
-# name, figure, threshold: the targets the codecs are built to meet (2 threads, 64M fp32)
+# name, figure, threshold: the targets the codecs are built to meet on CPU (2 threads, 64M
+# fp32); not judged on an accelerator, whose figures are given against its own copy and
+# against copying the raw float32 to the host
 TARGETS = [
     ("int8 encode >= 0.25x copy", lambda r: r["codecs"]["int8"]["encode_vs_copy"], 0.25),
     ("int8 decode >= 0.25x copy", lambda r: r["codecs"]["int8"]["decode_vs_copy"], 0.25),
@@ -80,18 +91,18 @@ class HookMath:
     one matrix, without the all-reduces: error feedback, warm-started Q, ``P = M Q``,
     orthogonalize, ``Q = M^T P``, ``M = P Q^T``, new error = input - M."""
 
-    def __init__(self, rows: int, cols: int, rank: int) -> None:
+    def __init__(self, rows: int, cols: int, rank: int, device: torch.device | str = "cpu") -> None:
         try:
             from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import _orthogonalize
         except ImportError:  # pragma: no cover - torch builds without distributed
             _orthogonalize = _gram_schmidt
         self.orthogonalize = _orthogonalize
         self.rows, self.cols = rows, cols
-        self.input = torch.zeros(rows * cols)
-        self.error = torch.zeros(rows * cols)
-        self.p = torch.empty(1, rows, rank)
+        self.input = torch.zeros(rows * cols, device=device)
+        self.error = torch.zeros(rows * cols, device=device)
+        self.p = torch.empty(1, rows, rank, device=device)
         g = torch.Generator().manual_seed(0)
-        self.q = torch.randn(1, cols, rank, generator=g)
+        self.q = torch.randn(1, cols, rank, generator=g).to(device)
 
     def load(self, x: torch.Tensor) -> None:
         """Put the next gradient into the bucket (untimed: the hook receives it there)."""
@@ -120,7 +131,8 @@ def _gram_schmidt(matrices: torch.Tensor) -> None:  # pragma: no cover
 
 
 def bench_codec(cfg: Config, x: torch.Tensor, copy: CopyBaseline, repeat: int) -> dict[str, Any]:
-    """Encode and decode throughput of one codec, taking turns with the copy baseline."""
+    """Encode and decode throughput of one codec, taking turns with the copy baseline
+    (on ``x``'s device; the payload is on the host, as it goes on the wire)."""
     gb = x.numel() * 4 / 1e9
     codec = make_codec(cfg.kind, **cfg.params)
     state = CodecState() if cfg.error_feedback else None
@@ -134,6 +146,7 @@ def bench_codec(cfg: Config, x: torch.Tensor, copy: CopyBaseline, repeat: int) -
         },
         repeat=repeat,
         warmup=1,
+        sync=device_sync(x.device),
     )
     ratio = x.numel() * 4 / payload.nbytes
     payload.release()
@@ -163,23 +176,29 @@ def bench_baselines(x: torch.Tensor, copy: CopyBaseline, repeat: int) -> dict[st
     baseline of (and with the copy)."""
     numel = x.numel()
     gb = numel * 4 / 1e9
+    sync = device_sync(x.device)
     k = max(1, math.ceil(TOPK_RATIO * numel))
     topk = make_codec("topk", ratio=TOPK_RATIO)
     topk_state = CodecState()
     topk.encode(x, topk_state).release()
+    fns = {
+        "copy": copy,
+        "torch_topk": lambda: torch.topk(x.abs(), k, sorted=False),
+        "topk": lambda: topk.encode(x, topk_state).release(),
+    }
+    if x.device.type != "cpu":  # what sending the raw float32 would cost: its copy to the host
+        host = torch.empty(numel, pin_memory=True)
+        fns["to_host"] = lambda: host.copy_(x)
     t1 = timeit_interleaved(
-        {
-            "copy": copy,
-            "torch_topk": lambda: torch.topk(x.abs(), k, sorted=False),
-            "topk": lambda: topk.encode(x, topk_state).release(),
-        },
+        fns,
         repeat=max(1, min(repeat, 3)),
         warmup=1,
+        sync=sync,
     )
     del topk, topk_state
     rows, cols = matrix_shape((numel,), numel)
     rank = min(POWERSGD_RANK, rows, cols)
-    hook = HookMath(rows, cols, rank)
+    hook = HookMath(rows, cols, rank, x.device)
     psgd = make_codec("powersgd", rank=rank)
     psgd_state = CodecState()
     payload = psgd.encode(x, psgd_state)
@@ -194,10 +213,15 @@ def bench_baselines(x: torch.Tensor, copy: CopyBaseline, repeat: int) -> dict[st
         repeat=max(1, min(repeat, 3)),
         warmup=1,
         setup={"hook": lambda: hook.load(x)},
+        sync=sync,
     )
     del hook
     copy_gbps = copy.gbps(t1["copy"])
+    extra = {}
+    if "to_host" in t1:
+        extra = {"to_host_GBps": t1["to_host"].rate(gb), "to_host_vs_copy": t1["to_host"].rate(gb) / copy_gbps}
     return {
+        **extra,
         "copy_times": [t1["copy"].median, t2["copy"].median],
         "torch_topk_GBps": t1["torch_topk"].rate(gb),
         "torch_topk_vs_copy": t1["torch_topk"].rate(gb) / copy_gbps,
@@ -210,13 +234,16 @@ def bench_baselines(x: torch.Tensor, copy: CopyBaseline, repeat: int) -> dict[st
     }
 
 
-def bench_size(numel: int, repeat: int, configs: list[Config]) -> dict[str, Any]:
+def bench_size(numel: int, repeat: int, configs: list[Config], device: torch.device | str = "cpu") -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(numel, generator=g)
-    copy = CopyBaseline(numel)
+    x = torch.randn(numel, generator=g).to(device)  # the same values on every device
+    copy = CopyBaseline(numel, device)
     base = bench_baselines(x, copy, repeat)
     codecs = {cfg.name: bench_codec(cfg, x, copy, repeat) for cfg in configs}
     copy_s = base.pop("copy_times") + [numel * 4 / 1e9 / c["copy_GBps"] for c in codecs.values()]
+    if "to_host_GBps" in base:
+        for c in codecs.values():
+            c["encode_vs_to_host"] = c["encode_GBps"] / base["to_host_GBps"]
     return {
         "numel": numel,
         # the median of the copy figures measured next to each codec and baseline
@@ -246,7 +273,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=5, help="timed repeats per figure; the median is reported")
     p.add_argument("--codecs", nargs="+", choices=[c.name for c in CONFIGS], help="only these codecs")
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats, for smoke tests")
+    p.add_argument("--device", default="cpu", help="where the input lives: cpu (default), cuda, cuda:1, npu")
     args = p.parse_args(argv)
+    try:
+        args.device = check_device(args.device)
+    except ValueError as err:
+        p.error(f"--device: {err}")
     if args.quick:
         args.sizes = ["64K"]
         args.repeat = 2
@@ -266,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for numel in args.numels:
         label = format_size(numel)
-        res = bench_size(numel, args.repeat, configs)
+        res = bench_size(numel, args.repeat, configs, args.device)
         results[label] = res
         rows = [
             {
@@ -278,12 +310,16 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio": c["ratio"],
                 "rel_err": c["rel_err"],
                 "EF": "yes" if c["error_feedback"] else "",
+                **({"enc/to_host": c["encode_vs_to_host"]} if "encode_vs_to_host" in c else {}),
             }
             for name, c in res["codecs"].items()
         ]
-        print_table(rows, title=f"{label} fp32 elements, {args.threads} threads, copy_ {res['copy_GBps']:.2f} GB/s")
+        where = f"{args.threads} threads" if args.device.type == "cpu" else str(args.device)
+        print_table(rows, title=f"{label} fp32 elements, {where}, copy_ {res['copy_GBps']:.2f} GB/s")
         base = [
             {"baseline": "copy_", "GB/s": res["copy_GBps"], "vs copy": 1.0, "s": numel * 4 / 1e9 / res["copy_GBps"]},
+            *([{"baseline": "fp32 to host (pinned)", "GB/s": res["to_host_GBps"], "vs copy": res["to_host_vs_copy"],
+                "s": numel * 4 / 1e9 / res["to_host_GBps"]}] if "to_host_GBps" in res else []),
             {"baseline": f"torch.topk k={TOPK_RATIO:g}n", "GB/s": res["torch_topk_GBps"],
              "vs copy": res["torch_topk_vs_copy"], "s": numel * 4 / 1e9 / res["torch_topk_GBps"]},
             {"baseline": f"PowerSGD hook math r{POWERSGD_RANK}", "GB/s": res["powersgd_hook_GBps"],
@@ -300,13 +336,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         if extra:
             print("; ".join(extra))
-        if numel >= TARGET_MIN_NUMEL:
+        if numel >= TARGET_MIN_NUMEL and args.device.type == "cpu":  # the targets are the CPU's
             res["targets"] = check_targets(res)
             print_table(res["targets"])
     primary = results[format_size(max(args.numels))]
     summary = {k: v for k, v in primary.items() if k != "targets"}
     payload = {
-        "args": {"sizes": [format_size(n) for n in args.numels], "threads": args.threads, "repeat": args.repeat},
+        "args": {
+            "sizes": [format_size(n) for n in args.numels], "threads": args.threads, "repeat": args.repeat,
+            "device": str(args.device),
+        },
         "primary_size": format_size(max(args.numels)),
         **summary,
         "sizes": results,

@@ -149,11 +149,46 @@ class CopyBaseline:
         return t.rate(self.numel * 4 / 1e9)
 
 
+def check_device(name: str) -> torch.device:
+    """``name`` as a device this process can use.
+
+    Raises:
+        ValueError: not a device name, or its backend is missing or sees no device (the
+            message says which).
+    """
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"{name!r} is not a device name ({err})") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "npu":
+        try:
+            import torch_npu  # noqa: F401  (registers torch.npu)
+        except ImportError:
+            raise ValueError("'npu' needs torch_npu: pip install 'suanwang[npu]'") from None
+    mod = getattr(torch, dev.type, None)
+    if mod is None or not hasattr(mod, "is_available") or not mod.is_available():
+        raise ValueError(f"{name!r}: torch.{dev.type}.is_available() is not True on this machine")
+    if dev.index is not None and dev.index >= mod.device_count():
+        raise ValueError(f"{name!r}: this machine has {mod.device_count()} {dev.type} device(s)")
+    return dev
+
+
+def device_sync(device: torch.device | str) -> Callable[[], Any] | None:
+    """What waits for ``device``'s queued work (``torch.cuda.synchronize``, ...); ``None``
+    on CPU, where every op has finished when it returns."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return None
+    return getattr(torch, dev.type).synchronize
+
+
 def copy_bandwidth(numel: int, *, repeat: int = 5, device: str | torch.device = "cpu") -> float:
     """GB/s of float32 input that ``dst.copy_(src)`` moves into a preallocated tensor."""
     src = torch.randn(numel, device=device)
     dst = torch.empty_like(src)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+    sync = device_sync(device)
     t = timeit(lambda: dst.copy_(src), repeat=repeat, warmup=2, sync=sync)
     return t.rate(numel * 4 / 1e9)
 

@@ -56,7 +56,7 @@ class Output:
 
     def __init__(self, pool: BufferPool, ws: Workspace, layout: Layout, device: torch.device) -> None:
         self.layout = layout
-        self.wire, self.buffer = pool.take(layout.nbytes)
+        self.wire, self.buffer = pool.take(layout.nbytes, pinned=device.type != "cpu")
         if device.type == "cpu":
             self.dev = self.wire
         else:

@@ -31,3 +31,25 @@ def test_helpers():
     assert t.repeats == 3 and t.best <= t.median <= t.worst
     table = format_table([{"a": 1.23456, "b": "x"}, {"a": 12345.0, "b": None}])
     assert "1.23" in table and "1.234e+04" in table
+
+
+def test_device_is_checked_before_anything_runs(capsys, monkeypatch):
+    import pytest
+    import torch
+
+    from suanwang.benchmarks.common import check_device, device_sync
+
+    assert check_device("cpu") == torch.device("cpu") and device_sync("cpu") is None
+    with pytest.raises(ValueError, match="not a device name"):
+        check_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"torch.cuda.is_available\(\) is not True"):
+        check_device("cuda")
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--device", "cuda"])
+    assert "--device: 'cuda': torch.cuda.is_available() is not True" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="has 1 cuda device"):
+        check_device("cuda:1")
+    assert device_sync("cuda") is torch.cuda.synchronize

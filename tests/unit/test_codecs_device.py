@@ -118,3 +118,55 @@ def test_failed_compilation_falls_back_to_eager(monkeypatch, caplog):
     # Small tensors and disabled codecs never try.
     assert compiled.run(lambda *a: None, numel=big - 1, enabled=True) is False
     assert compiled.run(lambda *a: None, numel=big, enabled=False) is False
+
+
+def _rel_err(got: torch.Tensor, x: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(got.float().cpu() - x) / torch.linalg.vector_norm(x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on an H200: see the README)")
+@pytest.mark.parametrize("kind,kw", CONFIGS, ids=[f"{k}-{'-'.join(map(str, kw.values()))}" for k, kw in CONFIGS])
+def test_a_real_gpu_encodes_as_well_as_the_cpu(kind, kw):
+    """On a real GPU (unlike the faked one) float32 arithmetic may differ in the last bit, and
+    random draws differ: the payloads need not be CPU-identical, but they must be the same
+    size, as accurate, and decode alike on the host (what every gateway does) and on the
+    device; error-feedback state stays on the device."""
+    inputs = _inputs()
+    expected = _run(kind, kw, inputs)
+    codec, states = make_codec(kind, **kw), {}
+    for x, (data_c, dec_c) in zip(inputs, expected):
+        state = states.setdefault(tuple(x.shape), CodecState())
+        enc = codec.encode(x.cuda(), state)
+        assert enc.data.device.type == "cpu", "the payload goes on the wire from host memory"
+        if kind != "topk":  # topk gathers its few values and indices on the host
+            assert enc.data.is_pinned(), "the device copies the payload by DMA into page-locked memory"
+        assert abs(enc.nbytes - data_c.numel()) <= 0.01 * data_c.numel(), (enc.nbytes, data_c.numel())
+        on_host = codec.decode(enc)
+        on_gpu = codec.decode(enc, out=torch.empty(x.shape, device="cuda"))
+        assert on_gpu.device.type == "cuda"
+        if kind == "powersgd":  # a matrix product: summation order differs by device
+            torch.testing.assert_close(on_gpu.cpu(), on_host, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(on_gpu.cpu(), on_host)
+        err_c, err_g = _rel_err(dec_c, x), _rel_err(on_host, x)
+        assert abs(err_g - err_c) <= 0.1 * err_c + 1e-6, (err_g, err_c)
+        assert all(t.device.type == "cuda" for t in state.tensors.values()), {k: t.device for k, t in state.tensors.items()}
+
+
+def test_buffer_pool_reuses_buffers_and_falls_back_to_pageable_memory():
+    from suanwang.runtime.compress.buffers import BufferPool
+
+    pool = BufferPool(max_free=1)
+    view, buf = pool.take(13)
+    assert view.numel() == 13 and buf.numel() == 16  # whole 8-byte words
+    pool.give(buf)
+    again, buf2 = pool.take(9)
+    assert buf2.data_ptr() == buf.data_ptr() and again.numel() == 9
+    pool.give(buf2)
+    pinned_view, pinned = pool.take(13, pinned=True)  # never the pageable one it holds
+    assert pinned.data_ptr() != buf.data_ptr()
+    assert pinned.is_pinned() == torch.cuda.is_available()  # pageable where nothing can pin
+    pool.give(pinned)
+    _, big = pool.take(1000)
+    pool.give(big)  # keeps one free buffer of a kind: the larger
+    assert pool.take(8)[1].data_ptr() == big.data_ptr()
