@@ -69,14 +69,18 @@ def plan_groups(layout: Sequence[LayoutEntry], cfg: JobConfig) -> list[GroupPlan
 
 
 def build_groups(
-    layout: Sequence[LayoutEntry], cfg: JobConfig
+    layout: Sequence[LayoutEntry], cfg: JobConfig, salt: str | None = None
 ) -> list[tuple[int, Callable[[], Codec], tuple[int, ...] | None]]:
     """``[(elements, codec factory, shape or None)]`` for the gateway, in layout order (a
-    factory, because a group cut by streaming fragments needs one codec per piece)."""
+    factory, because a group cut by streaming fragments needs one codec per piece);
+    ``salt``: the center's name, mixed into the codecs' seeds (see ``CodecConfig.build``)."""
     specs = [cfg.codec] + [g.codec for g in cfg.codec_groups]
     out = []
     for g in plan_groups(layout, cfg):
-        factory = functools.partial(make_codec, "none") if g.dense else specs[g.config_index].build
+        if g.dense:
+            factory = functools.partial(make_codec, "none")
+        else:
+            factory = functools.partial(specs[g.config_index].build, salt)
         out.append((g.numel, factory, g.shape))
     return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -67,7 +69,14 @@ class CodecConfig(BaseModel):
             del opts["block_size"]
         return opts
 
-    def build(self) -> Codec:
+    def build(self, salt: str | None = None) -> Codec:
+        """The codec; ``salt`` (a center's name) mixes into ``seed``, so that centers draw
+        different stochastic rounding noise and threshold samples: with one shared seed
+        every center rounds the same elements the same way at the same step, and the
+        rounding errors add up in the mean instead of averaging out."""
         from suanwang.runtime.compress.registry import make_codec
 
-        return make_codec(self.kind, **self.options())
+        opts = self.options()
+        if salt is not None and "seed" in opts:
+            opts["seed"] = zlib.crc32(f"{self.seed}:{salt}".encode())
+        return make_codec(self.kind, **opts)

@@ -37,7 +37,7 @@ def build_gateway(
     peers = [c.name for c in cfg.centers if c.name != center]
     identity = Identity(cfg.job.name, center, token, frozenset(peers))
     transport = GrpcTransport(identity, host=cfg.wan.host, chunk_bytes=cfg.wan.chunk_bytes, tls=tls)
-    groups = build_groups(layout, cfg)
+    groups = build_groups(layout, cfg, salt=center)
     log.info("%s: %d payload groups: %s", center, len(groups), [(n, s) for n, _, s in groups])
     if link_faults:
         transport.faults = LinkFaults(center, link_faults)
@@ -45,7 +45,7 @@ def build_gateway(
         center=center,
         peers=peers,
         transport=transport,
-        codec=cfg.codec.build(),
+        codec=cfg.codec.build(salt=center),
         groups=groups,
         fragments=fragment_bounds(layout, cfg.strategy.fragments) if cfg.strategy.kind == "streaming" else None,
         strategy=center_strategy(cfg),

@@ -60,3 +60,20 @@ def test_fragments_cut_at_tensor_boundaries_and_cover_everything():
 
     with pytest.raises(ValueError, match="9 fragments but only 8"):
         fragment_bounds(layout, 9)
+
+
+def test_each_center_gateway_seeds_its_codecs_apart():
+    from suanwang.runtime.wan.factory import build_gateway
+
+    c = cfg(codec={"kind": "int8", "rounding": "stochastic"}, codec_groups=[{"match": "b", "codec": {"kind": "topk"}}])
+    layout = [(0, "w", (64, 64)), (1, "b", (64,))]
+    seeds = {}
+    for center in ["shenzhen", "wuhan"]:
+        gw = build_gateway(center, c, layout, "token")
+        try:
+            seeds[center] = [g.codec.seed for g in gw.groups]
+        finally:
+            gw.close()
+    assert len(seeds["shenzhen"]) == 2
+    assert all(a != b for a, b in zip(seeds["shenzhen"], seeds["wuhan"]))
+    assert [g[1]().seed for g in build_groups(layout, c, salt="wuhan")] == seeds["wuhan"]
