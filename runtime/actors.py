@@ -75,6 +75,9 @@ class WorkerActor:
     def params_digest(self) -> str:
         return self.w.params_digest()
 
+    def shared_digest(self) -> str:
+        return self.w.shared_digest()
+
     def save(self, path: str) -> None:
         self.w.save(path)
 

@@ -65,7 +65,7 @@ class Manifest:
     strategy: str
     centers: dict[str, int]  # name -> workers
     numel: int
-    params_digest: str
+    params_digest: str  # of the state every center shares (Worker.shared_digest)
     initial_eval_loss: float
     totals: dict[str, dict[str, Any]]
     link_bytes: dict[str, int]

@@ -434,7 +434,7 @@ class Coordinator:
             strategy=cfg.strategy.kind,
             centers={c.name: len(c.workers) for c in self.centers.values()},
             numel=numel,
-            params_digest=ray.get(first.leader.params_digest.remote()),
+            params_digest=ray.get(first.leader.shared_digest.remote()),
             initial_eval_loss=self.initial_eval_loss,
             totals={k: dataclasses.asdict(v) for k, v in self.totals.items()},
             link_bytes=dict(self.link_bytes),
@@ -453,7 +453,17 @@ class Coordinator:
         every = self.cfg.checkpoint.every_rounds
         self._start_planner()
         if getattr(self.cfg.strategy, "overlap", 0):
-            self._run_overlapped(rounds, eval_every, start)
+            # A checkpoint needs a moment with no round in flight: the pipeline runs in
+            # segments that end at the checkpoint rounds, each drained (its last exchange is
+            # not overlapped, and its result is applied before anything else is queued).
+            seg = start
+            while seg < rounds:
+                end = min(rounds, (seg // every + 1) * every) if every else rounds
+                self._run_overlapped(end, eval_every, seg, final=end == rounds)
+                if end == rounds or self.planner.finished or not self.history or self.history[-1].round != end - 1:
+                    break
+                self.checkpoint(end - 1, numel)
+                seg = end
         else:
             for r in range(start, rounds):
                 if self.run_round(r, (r + 1) % eval_every == 0 or r == rounds - 1) is None:
@@ -462,7 +472,7 @@ class Coordinator:
                     self.checkpoint(r, numel)
         self._evaluate_last()
 
-    def _run_overlapped(self, rounds: int, eval_every: int, start: int) -> None:
+    def _run_overlapped(self, rounds: int, eval_every: int, start: int, final: bool = True) -> None:
         """Each worker's actor queue reads ``work(r+1), apply(r), work(r+2), ...``, the
         leader's work also returning its contribution: round ``r``'s exchange runs during
         ``work(r+1)`` and its result is applied one round late. With several fragments the
@@ -474,15 +484,21 @@ class Coordinator:
 
         A round's deadline (``wan.round_timeout_s``) starts when its contribution is queued,
         while the worker still computes the slot before it: it bounds the rest of that
-        slot's compute as well as the exchange, as it does without overlap."""
+        slot's compute as well as the exchange, as it does without overlap.
+
+        Runs rounds ``start..rounds-1`` and drains: nothing is queued after the last. Unless
+        ``final`` (a checkpoint follows, and the job goes on), that last round is evaluated
+        only on the usual schedule."""
         if start >= rounds or not self._queue(start):
             return
         self._send(start)
         queued = start + 1 < rounds and self._queue(start + 1)
         r = start
         while True:
-            # nothing queued after r: r is the last round, and is evaluated
-            committed = self._commit(r, (r + 1) % eval_every == 0 or not queued, last=not queued)
+            # nothing queued after r: r is the job's last round, and is evaluated (unless a
+            # checkpoint only drains the pipeline here and the job goes on)
+            ends_job = not queued and (final or r + 1 < rounds or self.planner.finished)
+            committed = self._commit(r, (r + 1) % eval_every == 0 or ends_job, last=not queued)
             after = False
             if queued:
                 self._send(r + 1)

@@ -223,6 +223,10 @@ class Job:
         got = set(ray.get(digests, timeout=_START_TIMEOUT_S))
         if got != {man.params_digest}:
             raise ValueError(f"checkpoint {path}: restored parameters do not match the manifest's digest")
+        for h in handles:  # a center's replicas (its own under streaming) must be one state
+            replicas = set(ray.get([w.params_digest.remote() for w in h.workers], timeout=_START_TIMEOUT_S))
+            if len(replicas) > 1:
+                raise ValueError(f"checkpoint {path}: the workers of {h.name} restored different parameters")
         log.warning("resumed from %s (round %d)", path, man.round)
         return coord.restore(man)
 

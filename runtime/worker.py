@@ -345,6 +345,12 @@ class Worker:
     def params_digest(self) -> str:
         return digest(self.params_vector())
 
+    def shared_digest(self) -> str:
+        """Digest of what every center holds alike (see :meth:`apply`): the parameters, or
+        under diloco and streaming the global state."""
+        with self._guard:
+            return digest(self.strategy.agreement_tensor(self))
+
     # ------------------------------------------------------------ the round, as the coordinator drives it
     def local_work(
         self,
@@ -408,7 +414,7 @@ class Worker:
         save_atomic(sd, path)
 
     def load(self, path: str) -> str:
-        """Restore a :meth:`save`; returns the digest of the parameters now held.
+        """Restore a :meth:`save`; returns :meth:`shared_digest` of the state now held.
 
         Raises:
             ValueError: the file does not fit this model (naming the file).
@@ -428,7 +434,7 @@ class Worker:
         torch.set_rng_state(sd["rng"])
         if sd.get("data") is not None and hasattr(self.data, "load_state_dict"):
             self.data.load_state_dict(sd["data"])
-        return self.params_digest()
+        return self.shared_digest()
 
     def eval_state(self) -> torch.Tensor:
         """The flat parameters an evaluation of this worker would use."""
