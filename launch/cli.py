@@ -103,7 +103,8 @@ def _progress(rec) -> None:
         for name, c in rec.centers.items()
     )
     ev = f" eval {rec.eval_loss:.3f}" if rec.eval_loss is not None else ""
-    out = f"[{rec.time_s:7.1f}s] round {rec.round + 1}{ev} | {cells}"
+    kind = " (final sync: no inner steps)" if rec.final_sync else ""
+    out = f"[{rec.time_s:7.1f}s] round {rec.round + 1}{kind}{ev} | {cells}"
     if rec.excluded:
         out += f" | left out: {rec.excluded}"
     print(out, flush=True)
