@@ -126,7 +126,7 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
     eval_every = max(1, probe.rounds // eval_points)
     cfg = _config(spec, probe.train.steps, eval_every)
     history: list[dict[str, Any]] = []
-    state = {"samples": 0, "peak": 0.0, "eval_s": 0.0, "end_s": float("nan"), "final_sync_s": 0.0}
+    state = {"samples": 0, "peak": 0.0, "eval_s": 0.0, "end_s": float("nan"), "final_sync_s": 0.0, "last_s": 0.0}
     # Without overlap the round loop stops while the evaluator works: that pause is taken
     # out, as DDP's are. Under overlap the centers go on computing meanwhile: nothing is.
     paused = not spec["strategy"].get("overlap")
@@ -144,11 +144,11 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
         # (under overlap the earlier waits are not pauses: the centers compute meanwhile);
         # streaming's final sync (rounds without inner steps, after the last sample) is
         # timed on its own
-        end = rec.time_s - state["eval_s"] - (0.0 if paused else rec.eval_s)
-        if rec.final_sync:
-            state["final_sync_s"] = end - state["end_s"]
+        if rec.final_sync:  # from the last slot's record (its evaluation came before)
+            state["final_sync_s"] = rec.time_s - rec.eval_s - state["last_s"]
         else:
-            state["end_s"] = end
+            state["end_s"] = rec.time_s - state["eval_s"] - (0.0 if paused else rec.eval_s)
+            state["last_s"] = rec.time_s
         for c, st in rec.centers.items():  # a center's running total (participants only)
             taken[c] = st["samples"]
         state["samples"] = sum(taken.values())

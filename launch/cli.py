@@ -30,13 +30,18 @@ def _mb(n: float) -> str:
 def predict(cfg: JobConfig) -> dict:
     """Predicted WAN bytes and WAN time per round, from the declared links and the default
     codec: two-shot and ring move ``2 (n - 1) / n`` payloads per center, a gather ``n - 1``.
+    A streaming round carries one fragment (taken as ``1 / fragments`` of the model), and
+    its final sync adds ``fragments - 1`` rounds.
     """
     from suanwang.models.clip import ClipConfig
     from suanwang.runtime.topology import pick_schedule
 
     numel = ClipConfig.preset(cfg.model.size).param_count()
+    st = cfg.strategy
+    fragments = st.fragments if st.kind == "streaming" else 1
+    rounds = cfg.rounds + (fragments - 1 if getattr(st, "final_sync", False) else 0)
     codec = cfg.codec.build()
-    payload = numel * 4 / codec.estimate_ratio(numel)
+    payload = numel / fragments * 4 / codec.estimate_ratio(numel // fragments)
     n = len(cfg.centers)
     schedule = pick_schedule(cfg.wan.schedule, codec.kind, n)
     per_center = payload * (n - 1 if schedule == "gather" else 2 * (n - 1) / n)
@@ -54,8 +59,8 @@ def predict(cfg: JobConfig) -> dict:
         "payload_bytes": int(payload),
         "wan_bytes_per_round": int(per_center * n),
         "wan_s_per_round": max(per_link_s.values(), default=0.0),
-        "rounds": cfg.rounds,
-        "wan_bytes_total": int(per_center * n * cfg.rounds),
+        "rounds": rounds,
+        "wan_bytes_total": int(per_center * n * rounds),
     }
 
 
@@ -99,7 +104,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ run
 def _progress(rec) -> None:
     cells = " | ".join(
-        f"{name} step {c['steps']} loss {c['loss']:.3f} wan {_mb(c['wan_bytes_sent'])}MB"
+        f"{name} step {c['steps']} loss {'-' if c['loss'] is None else format(c['loss'], '.3f')} "
+        f"wan {_mb(c['wan_bytes_sent'])}MB"
         for name, c in rec.centers.items()
     )
     ev = f" eval {rec.eval_loss:.3f}" if rec.eval_loss is not None else ""

@@ -374,7 +374,8 @@ class Coordinator:
             tot.compute_s += st.compute_s
             tot.wait_s += rep.encode_s + rep.wait_s + (red.seconds if red is not None else 0.0)
             per_center[name] = {
-                "steps": tot.steps, "samples": tot.samples, "loss": st.loss, "wan_bytes_sent": tot.wan_bytes_sent,
+                "steps": tot.steps, "samples": tot.samples, "wan_bytes_sent": tot.wan_bytes_sent,
+                "loss": st.loss if st.steps else None,  # a round of no step (final sync) has none
             }
         t_eval = time.perf_counter()
         eval_loss = None
@@ -460,7 +461,10 @@ class Coordinator:
             # not overlapped, and its result is applied before anything else is queued).
             seg = start
             while seg < rounds:
-                end = min(rounds, (seg // every + 1) * every) if every else rounds
+                # a dead center never comes back, and a checkpoint needs every center: then
+                # the pipeline need not drain any more
+                gone = any(c.state == "dead" for c in self.centers.values())
+                end = min(rounds, (seg // every + 1) * every) if every and not gone else rounds
                 self._run_overlapped(end, eval_every, seg, final=end == rounds)
                 if end == rounds or self.planner.finished or not self.history or self.history[-1].round != end - 1:
                     break
@@ -497,6 +501,10 @@ class Coordinator:
                 self._work(r, live, {c.name: SlotPlan(0) for c in live})
                 self._send(r)
                 self._finalize(self._commit(r, k == n - 1, last=True))
+        except RuntimeError as err:
+            # the training is done and its last agreed state stands: a failed final sync
+            # costs the refinement, not the job
+            self._event(f"final sync stopped at round {r}: {err}")
         finally:
             self._flushing = False
 

@@ -271,7 +271,8 @@ class Job:
             numel = ray.get(handles[0].leader.numel.remote())
             coord.run(self._max_rounds(), self.cfg.train.eval_every_rounds, start, numel)
             live = [h for h in handles if h.state == "live"]
-            final_params = ray.get(live[0].leader.params_vector.remote()) if live else None
+            # what was evaluated: the parameters, or under streaming the global state
+            final_params = ray.get(live[0].leader.eval_state.remote()) if live else None
             gw_stats = {}
             for h in handles:
                 if h.state == "live":

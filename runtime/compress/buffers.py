@@ -58,13 +58,14 @@ class BufferPool:
         self._max_free = max_free
         self._lock = threading.Lock()
         self._pins = False  # any pinned buffer lent yet (CPU-only jobs never ask is_pinned)
+        self._can_pin = True  # until pinning fails once (no accelerator runtime, a memlock limit)
 
     def take(self, nbytes: int, pinned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(view, buffer)``: ``view`` is ``nbytes`` long; give ``buffer`` back.
         ``pinned``: page-locked memory for an accelerator to copy into (pageable where
         pinning fails)."""
         with self._lock:
-            free = self._free[pinned]
+            free = self._free[pinned and self._can_pin]
             best = None
             for i, buf in enumerate(free):
                 if buf.numel() >= nbytes and (best is None or buf.numel() < free[best].numel()):
@@ -74,12 +75,12 @@ class BufferPool:
             # Whole 8-byte words, so that typed views of the buffer are always possible.
             size = max(-(-nbytes // 8) * 8, 8)
             buf = None
-            if pinned:
+            if pinned and self._can_pin:
                 try:
                     buf = torch.empty(size, dtype=torch.uint8, pin_memory=True)
                     self._pins = True
                 except RuntimeError:  # no accelerator runtime to pin with: pageable will do
-                    buf = None
+                    self._can_pin = False
             if buf is None:
                 buf = torch.empty(size, dtype=torch.uint8)
         return buf[:nbytes], buf

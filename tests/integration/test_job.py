@@ -243,6 +243,7 @@ def test_streaming_applied_on_arrival_checkpoints_and_resumes(local_ray, tmp_pat
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["round-000002"]
     resumed = Job(cfg, demo_functions(cfg), resume=True).run()
     assert [h.round for h in resumed.history] == list(range(8))
+    assert resumed.history[:3] == first.history[:3]  # rounds 0-2 come from the checkpoint, not rerun
     assert resumed.params_agree and resumed.final_eval_loss < resumed.initial_eval_loss
 
 
