@@ -126,7 +126,7 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
     eval_every = max(1, probe.rounds // eval_points)
     cfg = _config(spec, probe.train.steps, eval_every)
     history: list[dict[str, Any]] = []
-    state = {"samples": 0, "peak": 0.0, "eval_s": 0.0, "end_s": float("nan"), "final_sync_s": 0.0, "last_s": 0.0}
+    state = {"samples": 0, "peak": 0.0, "eval_s": 0.0, "end_s": float("nan")}
     # Without overlap the round loop stops while the evaluator works: that pause is taken
     # out, as DDP's are. Under overlap the centers go on computing meanwhile: nothing is.
     paused = not spec["strategy"].get("overlap")
@@ -141,14 +141,8 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
         if paused:
             state["eval_s"] += rec.eval_s
         # the run's training time ends with the last round, less the wait for its evaluation
-        # (under overlap the earlier waits are not pauses: the centers compute meanwhile);
-        # streaming's final sync (rounds without inner steps, after the last sample) is
-        # timed on its own
-        if rec.final_sync:  # from the last slot's record (its evaluation came before)
-            state["final_sync_s"] = rec.time_s - rec.eval_s - state["last_s"]
-        else:
-            state["end_s"] = rec.time_s - state["eval_s"] - (0.0 if paused else rec.eval_s)
-            state["last_s"] = rec.time_s
+        # (under overlap the earlier waits are not pauses: the centers compute meanwhile)
+        state["end_s"] = rec.time_s - state["eval_s"] - (0.0 if paused else rec.eval_s)
         for c, st in rec.centers.items():  # a center's running total (participants only)
             taken[c] = st["samples"]
         state["samples"] = sum(taken.values())
@@ -165,23 +159,16 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
 
     res = Job(cfg, demo_functions(cfg), routes=routes).run(on_round=on_round)
     train_s = state["end_s"] if history else float("nan")  # all of training, the last apply included
-    # utilization over the training (to the last round with inner steps); the final sync's
-    # seconds are reported beside it, and with it the least busy center would read
-    # utilization * train_s / (train_s + final_sync_s)
     busy = {n: c.compute_s / train_s for n, c in res.centers.items()} if history else {}
     return {
         "history": [{"train_s": 0.0, "samples": 0, "eval_loss": res.initial_eval_loss, "wan_bytes": 0}, *history],
         "train_s": train_s,
-        "final_sync_s": state["final_sync_s"],
         "final_eval_loss": res.final_eval_loss,
         "initial_eval_loss": res.initial_eval_loss,
         "wan_bytes": res.wan_bytes,
         "wan_bytes_kernel": (counters() - k0) if counters else 0,
         "samples": state["samples"],
         "utilization": min(busy.values(), default=float("nan")),
-        "utilization_with_final_sync": min(
-            (c.compute_s / (train_s + state["final_sync_s"]) for c in res.centers.values()), default=float("nan")
-        ) if history else float("nan"),
         "peak_wan_mbit": state["peak"],
         "params_agree": res.params_agree,
         "compile": cfg.train.compile,
@@ -330,7 +317,6 @@ def main(argv: list[str] | None = None) -> int:
             "train_s": r["train_s"],
             "wan_MB": r["wan_bytes"] / 1e6,
             "util": r["utilization"],
-            "sync_s": r.get("final_sync_s") or None,  # streaming's final sync, after train_s
             "peak_Mbit": r["peak_wan_mbit"],
         })
     print_table(rows, title=f"e2e: target held-out loss {opts.target}, samples of {opts.steps} DDP steps")

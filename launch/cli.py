@@ -30,8 +30,7 @@ def _mb(n: float) -> str:
 def predict(cfg: JobConfig) -> dict:
     """Predicted WAN bytes and WAN time per round, from the declared links and the default
     codec: two-shot and ring move ``2 (n - 1) / n`` payloads per center, a gather ``n - 1``.
-    A streaming round carries one fragment (taken as ``1 / fragments`` of the model), and
-    its final sync adds ``fragments - 1`` rounds.
+    A streaming round carries one fragment (taken as ``1 / fragments`` of the model).
     """
     from suanwang.models.clip import ClipConfig
     from suanwang.runtime.topology import pick_schedule
@@ -39,7 +38,7 @@ def predict(cfg: JobConfig) -> dict:
     numel = ClipConfig.preset(cfg.model.size).param_count()
     st = cfg.strategy
     fragments = st.fragments if st.kind == "streaming" else 1
-    rounds = cfg.rounds + (fragments - 1 if getattr(st, "final_sync", False) else 0)
+    rounds = cfg.rounds
     codec = cfg.codec.build()
     payload = numel / fragments * 4 / codec.estimate_ratio(numel // fragments)
     n = len(cfg.centers)
@@ -109,8 +108,7 @@ def _progress(rec) -> None:
         for name, c in rec.centers.items()
     )
     ev = f" eval {rec.eval_loss:.3f}" if rec.eval_loss is not None else ""
-    kind = " (final sync: no inner steps)" if rec.final_sync else ""
-    out = f"[{rec.time_s:7.1f}s] round {rec.round + 1}{kind}{ev} | {cells}"
+    out = f"[{rec.time_s:7.1f}s] round {rec.round + 1}{ev} | {cells}"
     if rec.excluded:
         out += f" | left out: {rec.excluded}"
     print(out, flush=True)

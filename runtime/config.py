@@ -126,10 +126,6 @@ class StreamingStrategy(_Section):
     # instead of after the next slot: it is a slot fresher. Runs are then no longer
     # reproducible bit for bit. Needs overlap: 1 and fragments >= 2.
     apply_on_arrival: bool = False
-    # after the last slot, fragments - 1 rounds without inner steps sync the fragments that
-    # the last slots' work has not reached yet, so that the final global state holds all of
-    # it (each such round costs one fragment's exchange and no compute)
-    final_sync: bool = True
 
     @model_validator(mode="after")
     def _divisible(self) -> "StreamingStrategy":

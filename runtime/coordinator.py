@@ -94,7 +94,6 @@ class Coordinator:
         self._slots: dict[int, dict] = {}
         self.planner: SlotPlanner | None = None
         self.evaluator = None  # an EvaluatorActor (train.eval_on: evaluator), else the leader evaluates
-        self._flushing = False  # running the final sync's rounds (see _final_sync)
 
     def _event(self, msg: str) -> None:
         log.warning(msg)
@@ -375,7 +374,7 @@ class Coordinator:
             tot.wait_s += rep.encode_s + rep.wait_s + (red.seconds if red is not None else 0.0)
             per_center[name] = {
                 "steps": tot.steps, "samples": tot.samples, "wan_bytes_sent": tot.wan_bytes_sent,
-                "loss": st.loss if st.steps else None,  # a round of no step (final sync) has none
+                "loss": st.loss if st.steps else None,  # no step, no loss (NaN is not JSON)
             }
         t_eval = time.perf_counter()
         eval_loss = None
@@ -399,7 +398,6 @@ class Coordinator:
             fragment=next((rep.fragment for rep in reduced.values() if rep is not None), 0),
             eval_s=eval_s,
             reduced_s=reduced_s,
-            final_sync=self._flushing,
         )
         self.history.append(rec)
         self.on_round(rec)
@@ -476,37 +474,7 @@ class Coordinator:
                     break
                 if every and (r + 1) % every == 0 and r != rounds - 1 and not self.planner.finished:
                     self.checkpoint(r, numel)
-        self._final_sync()
         self._evaluate_last()
-
-    def _final_sync(self) -> None:
-        """Streaming (``strategy.final_sync``): ``fragments - 1`` more rounds without inner
-        steps, each syncing the next fragment, so that every fragment's global value takes
-        in the work of the last slots (the last round synced one fragment; each other one
-        still carries up to ``fragments - 1`` slots of progress that the final model would
-        otherwise lack). Their weight is the samples of the slots since the fragment's
-        last sync, as in any round; the last of them is evaluated."""
-        st = self.cfg.strategy
-        n = st.fragments - 1 if getattr(st, "final_sync", False) else 0
-        if n <= 0 or not self.history:
-            return
-        r0 = self.history[-1].round + 1
-        self._flushing = True
-        try:
-            for k in range(n):
-                live = [c for c in self.centers.values() if c.state == "live"]
-                if not live:
-                    return
-                r = r0 + k
-                self._work(r, live, {c.name: SlotPlan(0) for c in live})
-                self._send(r)
-                self._finalize(self._commit(r, k == n - 1, last=True))
-        except RuntimeError as err:
-            # the training is done and its last agreed state stands: a failed final sync
-            # costs the refinement, not the job
-            self._event(f"final sync stopped at round {r}: {err}")
-        finally:
-            self._flushing = False
 
     def _run_overlapped(self, rounds: int, eval_every: int, start: int, final: bool = True) -> None:
         """Each worker's actor queue reads ``work(r+1), apply(r), work(r+2), ...``, the

@@ -45,8 +45,6 @@ class RoundRecord:
     # exists from then on. Under overlap time_s comes about a slot later, once the
     # workers, busy with the next slot, have applied it.
     reduced_s: float | None = None
-    # one of streaming's final sync rounds: no inner steps, the last slots' work synced
-    final_sync: bool = False
 
 
 @dataclasses.dataclass

@@ -307,7 +307,7 @@ class Worker:
             step_s = dt if not step_s else 0.7 * step_s + 0.3 * dt
             if stop:
                 break
-        return LocalStats(done, samples, loss_sum / done if done else float("nan"), time.perf_counter() - t0)
+        return LocalStats(done, samples, loss_sum / max(done, 1), time.perf_counter() - t0)
 
     def accumulate_gradient(self) -> LocalStats:
         """One forward/backward and intra-center all-reduce, without an optimizer step."""

@@ -202,8 +202,7 @@ def test_killed_job_resumes_from_checkpoint_bit_exact(local_ray, tmp_path, strat
     d["job"] = {"name": "resume-test", "output_dir": str(tmp_path / "out")}
     cfg = parse_config(d, environ={})
     whole = Job(cfg, demo_functions(cfg)).run()
-    # streaming ends with its final sync: 2 rounds more for the 3 fragments
-    assert whole.rounds == (8 if strategy["kind"] == "diloco" else 10)
+    assert whole.rounds == 8
     import shutil
 
     shutil.rmtree(tmp_path / "ckpt")
@@ -221,7 +220,7 @@ def test_killed_job_resumes_from_checkpoint_bit_exact(local_ray, tmp_path, strat
     # killed while reporting round 5, before its checkpoint: round 3 is the newest
     assert sealed == ["round-000001", "round-000003"], sealed
     resumed = Job(cfg, demo_functions(cfg), resume=True).run()
-    assert [h.round for h in resumed.history] == list(range(whole.rounds))
+    assert [h.round for h in resumed.history] == list(range(8))
     assert resumed.params_agree
     assert torch.equal(resumed.final_params, whole.final_params), "resume must continue exactly"
     assert resumed.initial_eval_loss == whole.initial_eval_loss
@@ -239,10 +238,10 @@ def test_streaming_applied_on_arrival_checkpoints_and_resumes(local_ray, tmp_pat
     d["job"] = {"name": "resume-arrival", "output_dir": str(tmp_path / "out")}
     cfg = parse_config(d, environ={})
     first = Job(cfg, demo_functions(cfg)).run()
-    assert first.rounds == 6 + 2 and first.params_agree  # with the final sync
+    assert first.rounds == 6 and first.params_agree
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["round-000002"]
     resumed = Job(cfg, demo_functions(cfg), resume=True).run()
-    assert [h.round for h in resumed.history] == list(range(8))
+    assert [h.round for h in resumed.history] == list(range(6))
     assert resumed.history[:3] == first.history[:3]  # rounds 0-2 come from the checkpoint, not rerun
     assert resumed.params_agree and resumed.final_eval_loss < resumed.initial_eval_loss
 
@@ -270,21 +269,13 @@ def test_streaming_syncs_every_fragment_and_learns(local_ray):
         environ={},
     )
     res = Job(cfg, demo_functions(cfg)).run()
-    # 18 slots, then the final sync: 2 rounds without inner steps for the 2 fragments the
-    # last slots' work has not reached
-    assert res.rounds == 18 + 2
-    assert [h.fragment for h in res.history] == [r % 3 for r in range(20)]
-    assert [h.round for h in res.history if h.final_sync] == [18, 19]
-    steps = [h.centers["wuhan"]["steps"] for h in res.history]
-    assert steps[17] == steps[19] == 36  # the final sync took no inner step, and no sample
-    assert res.centers["wuhan"].samples == 36 * 32
-    assert res.history[17].eval_loss is not None and res.history[19].eval_loss is not None
+    assert res.rounds == 18
+    assert [h.fragment for h in res.history] == [r % 3 for r in range(18)]
     assert res.params_agree  # the global state, identical in every center
     assert res.final_eval_loss < res.initial_eval_loss
     # each round carries a third of the model: fewer bytes per round than a whole payload
     per_round = [sum(h.link_bytes.values()) for h in res.history]
-    assert max(per_round) < 0.6 * res.wan_bytes / 20 * 3
-    assert min(per_round[18:]) > 0.5 * max(per_round)  # the final sync sends fragments too
+    assert max(per_round) < 0.6 * res.wan_bytes / 18 * 3
 
 
 def test_centers_run_their_own_inner_steps_and_report_their_samples(local_ray):
@@ -300,12 +291,12 @@ def test_centers_run_their_own_inner_steps_and_report_their_samples(local_ray):
     assert res.centers["shenzhen"].samples == 3 * 3 * 2 * batch
     assert res.final_eval_loss < res.initial_eval_loss
     # streaming: the override is per fragment cycle, so per slot it is inner_steps / fragments
-    d = small_config(strategy={"kind": "streaming", "inner_steps": 4, "fragments": 2, "overlap": 1, "final_sync": False},
+    d = small_config(strategy={"kind": "streaming", "inner_steps": 4, "fragments": 2, "overlap": 1},
                      train={"steps": 8})
     d["centers"][2]["inner_steps"] = 8  # xian: 4 steps per slot where the others take 2
     cfg = parse_config(d, environ={})
     res = Job(cfg, demo_functions(cfg)).run()
-    assert res.rounds == 4 and res.params_agree  # final_sync: false, no round after the last slot
+    assert res.rounds == 4 and res.params_agree
     assert res.centers["xian"].samples == 4 * 4 * batch
     assert res.centers["wuhan"].samples == 4 * 2 * batch
 
@@ -325,7 +316,7 @@ def test_streaming_with_overlap_drops_a_late_center_and_goes_on(local_ray):
     t0 = time.perf_counter()
     res = Job(cfg, demo_functions(cfg), faults=(Fault("xian", 2, "delay", 30.0),)).run()
     h = res.history
-    assert res.rounds == 12 + 1  # and the final sync's round
+    assert res.rounds == 12
     assert h[0].participants == ["shenzhen", "wuhan", "xian"]
     # round 1 reduced xian's payload; its result then queued behind the delayed work(2)
     assert h[1].participants == ["shenzhen", "wuhan", "xian"]
@@ -395,7 +386,7 @@ def test_results_applied_on_arrival_land_mid_slot_and_the_centers_agree(local_ra
             yield batch
 
     res = Job(cfg, dataclasses.replace(fns, data_fn=paced)).run()
-    assert res.params_agree and res.rounds == 12 + 2  # and the final sync's rounds
+    assert res.params_agree and res.rounds == 12
     assert [h.fragment for h in res.history] == [r % 3 for r in range(res.rounds)]
     assert res.final_eval_loss < res.initial_eval_loss
     lag = sorted(h.time_s - h.reduced_s for h in res.history[:-1])
@@ -439,8 +430,7 @@ def test_time_boxed_slots_stop_on_the_sample_budget_and_absorb_a_slow_slot(local
     assert reduced == sorted(reduced) and all(h.reduced_s <= h.time_s for h in res.history)
     lag = sorted(h.time_s - h.reduced_s for h in res.history[:-1])
     assert lag[len(lag) // 2] > 0.1, lag
-    assert [h.final_sync for h in res.history[-3:]] == [False, True, True]
-    xian = _steps_per_round(res, "xian")[:-2]  # the final sync's rounds take no step
+    xian = _steps_per_round(res, "xian")
     # round 3 lost 0.3 s of its 0.4 s slot (~3/4 of its steps); the others did not
     others = sorted(xian[:3] + xian[4:-1])
     assert max(others) < 20, xian  # no slot was ended by the cap
