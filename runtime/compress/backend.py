@@ -16,6 +16,11 @@ differs per device is small and lives in :class:`Backend`:
   bit) and as positive without (``x < 0``).
 * ``compile``: run the torch.compile'd kernels of :mod:`.compiled` on large tensors (CPU
   only for now: on CUDA they would need triton and have not been measured).
+* ``device_topk``: topk finds its k-th largest magnitude with ``torch.topk`` on the device
+  and selects exactly, instead of estimating a threshold from a host-side sample and
+  gathering candidates chunk by chunk. On a GPU ``torch.topk`` is fast and every chunk's
+  ``nonzero`` waits for the device; on CPU the sampled way is ~16x faster than
+  ``torch.topk``. Both select the same elements (ties broken by position).
 * ``ops``: for NPU, the set of aten ops the kernels may run on the device (torch_npu
   implements them); tests run the NPU variant on CPU under a dispatch mode that enforces
   it, skipping functions marked :func:`host_side`.
@@ -68,11 +73,12 @@ class Backend:
     bittricks: bool
     compile: bool = False
     ops: frozenset[str] | None = None
+    device_topk: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
     "cpu": Backend("cpu", chunk_elems=1 << 20, bittricks=True, compile=True),
-    "cuda": Backend("cuda", chunk_elems=1 << 24, bittricks=True),
+    "cuda": Backend("cuda", chunk_elems=1 << 24, bittricks=True, device_topk=True),
     "npu": Backend("npu", chunk_elems=1 << 24, bittricks=False, ops=NPU_OPS),
 }
 GENERIC = Backend("generic", chunk_elems=1 << 22, bittricks=False)

@@ -144,7 +144,9 @@ class TopKCodec(BaseCodec):
         err = self._put_values(vals.cpu(), out.v)
         if r is not None:
             r.index_copy_(0, idx, err.to(dev) if err is not None else torch.zeros_like(vals))
-        self._put_indices(idx.cpu(), out.v)
+        # where torch.topk runs on the device, the index coding does too: the host then gets
+        # 2-byte local indices and the block counts instead of 8-byte indices to code
+        self._put_indices(idx if backend.device_topk else idx.cpu(), out.v)
         return params, out
 
     def _select(
@@ -153,7 +155,7 @@ class TopKCodec(BaseCodec):
         """Sorted indices of the ``k`` largest |x + r| (fewer only if fewer are nonzero) and
         their values. With error feedback, ``r`` becomes x + r."""
         n = x.numel()
-        if n < EXACT_BELOW:
+        if n < EXACT_BELOW or backend.device_topk:
             acc = r.add_(x) if r is not None else self._f32("x", x)
             idx = self._exact(acc, k, backend)
             return idx, acc[idx]
@@ -293,10 +295,14 @@ class TopKCodec(BaseCodec):
         return torch.cat(above + ties).sort().values
 
     def _kth_magnitude(self, acc: torch.Tensor, k: int, backend: Backend) -> float:
-        """The k-th largest |acc|: by selection (kthvalue) on small tensors; on large ones,
-        by bisection over the float's bit pattern (monotonic for non-negative floats), one
-        counting pass per step. Used only when sampling failed, so slow is fine."""
+        """The k-th largest |acc|: with ``torch.topk`` where the backend says it is fast
+        (``device_topk``); by selection (kthvalue) on small tensors; on large ones, by
+        bisection over the float's bit pattern (monotonic for non-negative floats), one
+        counting pass per step (used only when sampling failed, so slow is fine)."""
         n = acc.numel()
+        if backend.device_topk:
+            mag = torch.abs(acc, out=self._ws.get("mag_all", n, F32, acc.device))
+            return float(torch.topk(mag, k, sorted=False).values.min())
         if n < EXACT_BELOW:
             return _kthvalue(acc.abs().cpu(), n - k + 1)
 
@@ -343,7 +349,9 @@ class TopKCodec(BaseCodec):
     # -- decode ------------------------------------------------------------------------
 
     def _decode(self, views, params, numel, dst, backend) -> None:
-        idx = self._read_indices(views["counts"].cpu(), views["idx"].cpu(), numel)
+        # the views are on dst's device; where topk runs there, the indices expand there too
+        where = (lambda t: t) if backend.device_topk else (lambda t: t.cpu())
+        idx = self._read_indices(where(views["counts"]), where(views["idx"]), numel)
         vals = self._read_values(params["values"], {k: t.cpu() for k, t in views.items()}, max_value(dst.dtype))
         dst.zero_()
         if idx.numel():
@@ -359,7 +367,7 @@ class TopKCodec(BaseCodec):
                 raise PayloadError("codec topk: a block count is outside [0, 65536]")
             if int(c64.sum()) != k:
                 raise PayloadError(f"codec topk: block counts sum to {int(c64.sum())}, k={k}")
-        base = torch.arange(counts.numel(), dtype=torch.int64) * IDX_BLOCK
+        base = torch.arange(counts.numel(), dtype=torch.int64, device=counts.device) * IDX_BLOCK
         idx = torch.repeat_interleave(base, c64) + local.to(torch.int64) + 32768
         if k:
             if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
