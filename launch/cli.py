@@ -38,7 +38,6 @@ def predict(cfg: JobConfig) -> dict:
     numel = ClipConfig.preset(cfg.model.size).param_count()
     st = cfg.strategy
     fragments = st.fragments if st.kind == "streaming" else 1
-    rounds = cfg.rounds
     codec = cfg.codec.build()
     payload = numel / fragments * 4 / codec.estimate_ratio(numel // fragments)
     n = len(cfg.centers)
@@ -58,8 +57,8 @@ def predict(cfg: JobConfig) -> dict:
         "payload_bytes": int(payload),
         "wan_bytes_per_round": int(per_center * n),
         "wan_s_per_round": max(per_link_s.values(), default=0.0),
-        "rounds": rounds,
-        "wan_bytes_total": int(per_center * n * rounds),
+        "rounds": cfg.rounds,
+        "wan_bytes_total": int(per_center * n * cfg.rounds),
     }
 
 
@@ -103,8 +102,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ run
 def _progress(rec) -> None:
     cells = " | ".join(
-        f"{name} step {c['steps']} loss {'-' if c['loss'] is None else format(c['loss'], '.3f')} "
-        f"wan {_mb(c['wan_bytes_sent'])}MB"
+        f"{name} step {c['steps']} loss {c['loss']:.3f} wan {_mb(c['wan_bytes_sent'])}MB"
         for name, c in rec.centers.items()
     )
     ev = f" eval {rec.eval_loss:.3f}" if rec.eval_loss is not None else ""

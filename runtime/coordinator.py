@@ -373,8 +373,7 @@ class Coordinator:
             tot.compute_s += st.compute_s
             tot.wait_s += rep.encode_s + rep.wait_s + (red.seconds if red is not None else 0.0)
             per_center[name] = {
-                "steps": tot.steps, "samples": tot.samples, "wan_bytes_sent": tot.wan_bytes_sent,
-                "loss": st.loss if st.steps else None,  # no step, no loss (NaN is not JSON)
+                "steps": tot.steps, "samples": tot.samples, "loss": st.loss, "wan_bytes_sent": tot.wan_bytes_sent,
             }
         t_eval = time.perf_counter()
         eval_loss = None
