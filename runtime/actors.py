@@ -72,16 +72,13 @@ class WorkerActor:
     def apply(self, result, verify: bool = True) -> tuple[str, str]:
         return self.w.apply(result, verify)
 
-    def params_digest(self) -> str:
-        return self.w.params_digest()
-
     def shared_digest(self) -> str:
         return self.w.shared_digest()
 
     def save(self, path: str) -> None:
         self.w.save(path)
 
-    def load(self, path: str) -> str:
+    def load(self, path: str) -> tuple[str, str]:
         return self.w.load(path)
 
     def evaluate(self, after: int | None = None) -> float:

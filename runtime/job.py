@@ -216,17 +216,15 @@ class Job:
                 f"this config has job {self.cfg.job.name!r} strategy {self.cfg.strategy.kind!r} centers {want}"
             )
         refs = [h.gateway.load.remote(str(ckpt.gateway_path(path, h.name))) for h in handles]
-        digests = [
-            w.load.remote(str(ckpt.worker_path(path, h.name, i))) for h in handles for i, w in enumerate(h.workers)
-        ]
+        loads = {h.name: [w.load.remote(str(ckpt.worker_path(path, h.name, i))) for i, w in enumerate(h.workers)]
+                 for h in handles}
         ray.get(refs, timeout=_START_TIMEOUT_S)
-        got = set(ray.get(digests, timeout=_START_TIMEOUT_S))
-        if got != {man.params_digest}:
+        digests = {name: ray.get(r, timeout=_START_TIMEOUT_S) for name, r in loads.items()}
+        if {shared for ds in digests.values() for shared, _ in ds} != {man.params_digest}:
             raise ValueError(f"checkpoint {path}: restored parameters do not match the manifest's digest")
-        for h in handles:  # a center's replicas (its own under streaming) must be one state
-            replicas = set(ray.get([w.params_digest.remote() for w in h.workers], timeout=_START_TIMEOUT_S))
-            if len(replicas) > 1:
-                raise ValueError(f"checkpoint {path}: the workers of {h.name} restored different parameters")
+        for name, ds in digests.items():  # a center's replicas (its own under streaming) must be one state
+            if len({own for _, own in ds}) > 1:
+                raise ValueError(f"checkpoint {path}: the workers of {name} restored different parameters")
         log.warning("resumed from %s (round %d)", path, man.round)
         return coord.restore(man)
 

@@ -342,14 +342,22 @@ class Worker:
         :mod:`suanwang.runtime.groups`)."""
         return [(group_of(n, self.cfg), n, tuple(p.shape)) for n, p in zip(self.param_names, self.params)]
 
-    def params_digest(self) -> str:
-        return digest(self.params_vector())
-
     def shared_digest(self) -> str:
-        """Digest of what every center holds alike (see :meth:`apply`): the parameters, or
-        under diloco and streaming the global state."""
+        """Digest of what every center holds alike: the parameters, or under diloco and
+        streaming the global state."""
         with self._guard:
             return digest(self.strategy.agreement_tensor(self))
+
+    def digests(self) -> tuple[str, str]:
+        """:meth:`shared_digest`, and, under streaming, the digest of this replica's
+        parameters, which every worker of the center must hold bit for bit (they differ
+        between centers); the second is empty where the first already covers the replica,
+        or no other worker of the center has one."""
+        with self._guard:
+            shared = self.shared_digest()
+            if self.spec.world_size == 1 or not self.strategy.keeps_local_progress:
+                return shared, ""
+            return shared, digest(self.params_vector())
 
     # ------------------------------------------------------------ the round, as the coordinator drives it
     def local_work(
@@ -384,20 +392,11 @@ class Worker:
         return self.strategy.contribution(self)
 
     def apply(self, result, verify: bool = True) -> tuple[str, str]:
-        """Apply a round's result. With ``verify``, returns two digests: of what every
-        center must agree on (the parameters, or the global state under diloco and
-        streaming), and, under streaming, of this replica's parameters, which every worker
-        of the center must hold bit for bit (they differ between centers); ``("", "")``
-        without (hashing a large model every round is not free). The second is empty where
-        the first already covers the replica, or no other worker of the center has one."""
+        """Apply a round's result. With ``verify``, returns :meth:`digests`; ``("", "")``
+        without (hashing a large model every round is not free)."""
         with self._guard:
             self.strategy.apply(self, result)
-            if not verify:
-                return "", ""
-            shared = digest(self.strategy.agreement_tensor(self))
-            if self.spec.world_size == 1 or not self.strategy.keeps_local_progress:
-                return shared, ""
-            return shared, digest(self.params_vector())
+            return self.digests() if verify else ("", "")
 
     # ------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:
@@ -413,8 +412,8 @@ class Worker:
             }
         save_atomic(sd, path)
 
-    def load(self, path: str) -> str:
-        """Restore a :meth:`save`; returns :meth:`shared_digest` of the state now held.
+    def load(self, path: str) -> tuple[str, str]:
+        """Restore a :meth:`save`; returns :meth:`digests` of the state now held.
 
         Raises:
             ValueError: the file does not fit this model (naming the file).
@@ -434,7 +433,7 @@ class Worker:
         torch.set_rng_state(sd["rng"])
         if sd.get("data") is not None and hasattr(self.data, "load_state_dict"):
             self.data.load_state_dict(sd["data"])
-        return self.shared_digest()
+        return self.digests()
 
     def eval_state(self) -> torch.Tensor:
         """The flat parameters an evaluation of this worker would use."""
