@@ -150,29 +150,31 @@ class CopyBaseline:
 
 
 def check_device(name: str) -> torch.device:
-    """``name`` as a device this process can use.
+    """``name`` (``cpu``, ``cuda``, ``cuda:1``, ``npu``) as a device this process can use,
+    through the runtime's device layer (:func:`suanwang.runtime.device.torch_device`).
 
     Raises:
-        ValueError: not a device name, or its backend is missing or sees no device (the
-            message says which).
+        ValueError: not a device name, or its backend is missing or sees no such device
+            (the message says which).
     """
+    from suanwang.runtime.device import DeviceUnavailable, import_torch_npu, torch_device
+
     try:
+        if name.split(":")[0] == "npu":
+            import_torch_npu()  # torch knows the name only once torch_npu registered it
         dev = torch.device(name)
+    except DeviceUnavailable as err:
+        raise ValueError(f"{name!r}: {err}") from None
     except RuntimeError as err:
         raise ValueError(f"{name!r} is not a device name ({err})") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "npu":
-        try:
-            import torch_npu  # noqa: F401  (registers torch.npu)
-        except ImportError:
-            raise ValueError("'npu' needs torch_npu: pip install 'suanwang[npu]'") from None
-    mod = getattr(torch, dev.type, None)
-    if mod is None or not hasattr(mod, "is_available") or not mod.is_available():
-        raise ValueError(f"{name!r}: torch.{dev.type}.is_available() is not True on this machine")
-    if dev.index is not None and dev.index >= mod.device_count():
-        raise ValueError(f"{name!r}: this machine has {mod.device_count()} {dev.type} device(s)")
-    return dev
+    try:
+        found = torch_device(dev.type, dev.index or 0)
+    except (DeviceUnavailable, ValueError) as err:  # ValueError: a kind the runtime does not run on
+        raise ValueError(f"{name!r}: {err}") from None
+    if dev.index is not None and found.index != dev.index:  # torch_device wraps the index
+        count = getattr(torch, dev.type).device_count()
+        raise ValueError(f"{name!r}: this machine has {count} {dev.type} device(s)")
+    return found
 
 
 def device_sync(device: torch.device | str) -> Callable[[], Any] | None:

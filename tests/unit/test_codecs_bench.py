@@ -34,6 +34,8 @@ def test_helpers():
 
 
 def test_device_is_checked_before_anything_runs(capsys, monkeypatch):
+    import importlib.util
+
     import pytest
     import torch
 
@@ -42,12 +44,17 @@ def test_device_is_checked_before_anything_runs(capsys, monkeypatch):
     assert check_device("cpu") == torch.device("cpu") and device_sync("cpu") is None
     with pytest.raises(ValueError, match="not a device name"):
         check_device("gpu0")
+    with pytest.raises(ValueError, match="unknown device kind 'meta'"):
+        check_device("meta")
+    if importlib.util.find_spec("torch_npu") is None:
+        with pytest.raises(ValueError, match=r"pip install 'suanwang\[npu\]'"):
+            check_device("npu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match=r"torch.cuda.is_available\(\) is not True"):
+    with pytest.raises(ValueError, match=r"torch.cuda.is_available\(\) is False"):
         check_device("cuda")
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--device", "cuda"])
-    assert "--device: 'cuda': torch.cuda.is_available() is not True" in capsys.readouterr().err
+    assert "--device: 'cuda': device 'cuda' requested but torch.cuda.is_available() is False" in capsys.readouterr().err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="has 1 cuda device"):
