@@ -293,14 +293,14 @@ def run_ddp(
         for w in workers:
             w.stop()
     res = _summarise(centers, steps, emu, powersgd_rank, seed, eval_every, target_loss,
-                     history, samples, before, per_worker, t_train0 - t_spawn)
+                     history, samples, before, per_worker, t_train0 - t_spawn, compile)
     res.update(model_size=model_size, batch_size=batch_size,
                param_count=ClipConfig.preset(model_size).param_count())
     return res
 
 
 def _summarise(centers, steps, emu, powersgd_rank, seed, eval_every, target_loss, history,
-               samples, before, per_worker, startup_s) -> dict[str, Any]:
+               samples, before, per_worker, startup_s, compiled) -> dict[str, Any]:
     last, first = history[-1], history[0]
     rank0 = per_worker[0]
     reached = next((h for h in history if target_loss is not None and h["eval_loss"] <= target_loss), None)
@@ -334,7 +334,7 @@ def _summarise(centers, steps, emu, powersgd_rank, seed, eval_every, target_loss
         "world_size": len(per_worker),
         "steps": steps,
         "powersgd_rank": powersgd_rank,
-        "compile": compile,
+        "compile": compiled,
         "seed": seed,
         "eval_every": eval_every,
         "links": links,

@@ -63,6 +63,7 @@ def test_unshaped_quick_run_learns() -> None:
     res = run_ddp(DEMO_CENTERS, STEPS, eval_every=10, target_loss=4.0, timeout_s=120)
     _check_history(res, STEPS, 10)
     assert res["mode"] == "unshaped" and res["note"] == NOTE_UNSHAPED
+    assert res["compile"] is False and res["seed"] == 0  # what was asked, as JSON can hold it
     assert res["wan_bytes"] == 0 and res["peak_wan_mbit"] == 0
     reached = next(h for h in res["history"] if h["eval_loss"] <= 4.0)
     assert res["time_to_target_s"] == reached["train_s"] and res["wan_bytes_to_target"] == 0
