@@ -18,6 +18,11 @@ equal samples" compares like with like. Runs:
   of waiting for the slowest (see ``STRATEGIES``);
 * ``ddp_unshaped``, ``streaming_unshaped``: the same on loopback, no WAN.
 
+All of them use the job seed :data:`SEED` (model init, data split, batch order), and the
+headline ratios come from them. ``--seeds 1,2,3`` repeats ``ddp`` and ``streaming`` on the
+links with other seeds (``seed_runs`` and ``ddp_over_streaming_by_seed`` in the JSON): how
+much of a ratio is the seed's.
+
 Every run compiles its model first (``train.compile``; DDP's workers likewise), outside the
 clock. Times exclude start-up (training time from the first step) and evaluation pauses.
 DDP's time at an evaluation is when the step it follows ended; a suanwang round's is when
@@ -84,9 +89,12 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 }
 # The held-out loss DDP reaches about halfway through the default 300 steps.
 TARGET_LOSS = 1.6
+# The job seed of every run (the demo's): model init, data split, batch order. ``--seeds``
+# repeats the headline pair (``ddp`` and ``streaming`` on the links) with other seeds.
+SEED = 0
 
 
-def _config(spec: dict[str, Any], steps: int, eval_every_rounds: int):
+def _config(spec: dict[str, Any], steps: int, eval_every_rounds: int, seed: int = SEED):
     """The demo config with the benchmark's centers, links and ``spec``; ``steps`` counts the
     strategy's own inner steps (see :func:`equal_sample_steps`)."""
     import yaml
@@ -112,19 +120,21 @@ def _config(spec: dict[str, Any], steps: int, eval_every_rounds: int):
         d["train"]["samples"] = spec["samples"]
     d["wan"] = {**d["wan"], "schedule": spec.get("schedule", "auto")}
     d["checkpoint"] = {"every_rounds": 0}
-    d["job"] = {"name": "e2e", "output_dir": "/tmp/suanwang-e2e"}
+    d["job"] = {"name": "e2e", "output_dir": "/tmp/suanwang-e2e", "seed": seed}
     return parse_config(d, environ={})
 
 
-def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int = 20) -> dict[str, Any]:
+def run_ours(
+    name: str, steps: int, routes=None, counters=None, eval_points: int = 20, seed: int = SEED
+) -> dict[str, Any]:
     """One suanwang run; ``counters()`` returns the emulator's WAN byte count (or None)."""
     from suanwang.launch.demo import demo_functions
     from suanwang.runtime import Job
 
     spec = run_spec(name, steps)
-    probe = _config(spec, equal_sample_steps(spec, steps), 1)
+    probe = _config(spec, equal_sample_steps(spec, steps), 1, seed)
     eval_every = max(1, probe.rounds // eval_points)
-    cfg = _config(spec, probe.train.steps, eval_every)
+    cfg = _config(spec, probe.train.steps, eval_every, seed)
     history: list[dict[str, Any]] = []
     state = {"samples": 0, "peak": 0.0, "eval_s": 0.0, "end_s": float("nan")}
     # Without overlap the round loop stops while the evaluator works: that pause is taken
@@ -172,6 +182,7 @@ def run_ours(name: str, steps: int, routes=None, counters=None, eval_points: int
         "peak_wan_mbit": state["peak"],
         "params_agree": res.params_agree,
         "compile": cfg.train.compile,
+        "seed": cfg.job.seed,
         "rounds": res.rounds,
         "strategy": spec["strategy"],
         "codec": spec["codec"],
@@ -250,7 +261,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="DDP steps per worker; every strategy takes the same samples in all")
     ap.add_argument("--target", type=float, default=TARGET_LOSS, help="target held-out loss")
     ap.add_argument("--runs", default="ddp_unshaped,streaming_unshaped,ddp,ddp_powersgd,sync,diloco,streaming")
+    ap.add_argument("--seeds", default="", metavar="S1,S2,...",
+                    help=f"also run ddp and streaming on the links with these job seeds (every other run, "
+                         f"and the headline ratios, use seed {SEED}); ~2.5 min per seed")
     opts = ap.parse_args(argv)
+    try:
+        extra_seeds = [int(x) for x in opts.seeds.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--seeds: integers separated by commas, got {opts.seeds!r}")
+    if SEED in extra_seeds:
+        ap.error(f"--seeds: seed {SEED} is the main runs' own; name other seeds")
     logging.basicConfig(level=os.environ.get("SUANWANG_LOG_LEVEL", "WARNING"))
     import ray
 
@@ -261,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     wanted = [r.strip() for r in opts.runs.split(",") if r.strip()]
     runs: dict[str, dict[str, Any]] = {}
+    seed_runs: dict[str, dict[str, Any]] = {}  # "<run>@<seed>": the --seeds repeats
     emulator: dict[str, Any] = {}
     names = [n for n, _ in CENTERS]
     ray.init(num_cpus=8, include_dashboard=False, logging_level=logging.WARNING, namespace="suanwang-e2e",
@@ -269,17 +290,18 @@ def main(argv: list[str] | None = None) -> int:
         for name in [r for r in wanted if r.endswith("_unshaped")]:
             t0 = time.time()
             if name.startswith("ddp"):
-                runs[name] = run_ddp(CENTERS, opts.steps, batch_size=BATCH, target_loss=opts.target, compile=COMPILE)
+                runs[name] = run_ddp(CENTERS, opts.steps, seed=SEED, batch_size=BATCH, target_loss=opts.target,
+                                     compile=COMPILE)
             else:
                 runs[name] = run_ours(name, opts.steps)
             print(f"{name}: done in {time.time() - t0:.0f} s", flush=True)
         shaped = [r for r in wanted if not r.endswith("_unshaped")]
-        if shaped:
+        if shaped or extra_seeds:
             ok, why = emulator_available("tun")
             if not ok:
                 print(f"shaped runs skipped: {why}", file=sys.stderr)
-                shaped = []
-        if shaped:
+                shaped, extra_seeds = [], []
+        if shaped or extra_seeds:
             links = [(a, b, RATE_MBIT, RTT_MS) for i, a in enumerate(names) for b in names[i + 1 :]]
             with WanEmulator(names, links, latency="tun") as emu:
                 m = emu.measure(names[0], names[1], seconds=3.0)
@@ -293,19 +315,26 @@ def main(argv: list[str] | None = None) -> int:
                 for name in shaped:
                     t0 = time.time()
                     if name == "ddp":
-                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, batch_size=BATCH, target_loss=opts.target,
+                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, seed=SEED, batch_size=BATCH, target_loss=opts.target,
                                              compile=COMPILE)
                     elif name == "ddp_powersgd":
-                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, powersgd_rank=4, batch_size=BATCH,
+                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, seed=SEED, powersgd_rank=4, batch_size=BATCH,
                                              target_loss=opts.target, compile=COMPILE)
                     else:
                         with BridgedRoutes(emu) as routes:
                             runs[name] = run_ours(name, opts.steps, routes, counters)
                     print(f"{name}: done in {time.time() - t0:.0f} s", flush=True)
+                for seed in extra_seeds:
+                    t0 = time.time()
+                    seed_runs[f"ddp@{seed}"] = run_ddp(CENTERS, opts.steps, emu=emu, seed=seed, batch_size=BATCH,
+                                                       target_loss=opts.target, compile=COMPILE)
+                    with BridgedRoutes(emu) as routes:
+                        seed_runs[f"streaming@{seed}"] = run_ours("streaming", opts.steps, routes, counters, seed=seed)
+                    print(f"seed {seed}: ddp and streaming done in {time.time() - t0:.0f} s", flush=True)
     finally:
         ray.shutdown()
 
-    for r in runs.values():
+    for r in [*runs.values(), *seed_runs.values()]:
         r["time_to_target_s"], r["wan_bytes_to_target"] = to_target(r["history"], opts.target)
     rows = []
     for name, r in runs.items():
@@ -326,6 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     sweep = by_target(runs)
     if sweep:
         print_table(sweep, title="ddp over streaming, by target held-out loss")
+    seeds = by_seed({**{f"{n}@{SEED}": r for n, r in runs.items() if n in ("ddp", "streaming")}, **seed_runs},
+                    opts.target)
+    if len(seeds) > 1:
+        print_table(seeds, title=f"ddp over streaming on the links, by job seed (target {opts.target})")
+        sp = spread([s["time_ratio"] for s in seeds])
+        print(f"time ratio over {len(seeds)} seeds: median {_fmt(sp['median'])}, least {_fmt(sp['min'])}, "
+              f"most {_fmt(sp['max'])}; {sp['missed']} missed the target")
     out = pathlib.Path(opts.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
@@ -340,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "ratios": ratios,
         "ddp_over_streaming_by_target": sweep,
+        "ddp_over_streaming_by_seed": seeds,
+        "time_ratio_over_seeds": spread([s["time_ratio"] for s in seeds]) if seeds else None,
+        "seed_runs": seed_runs,
         "plot": None if note else str(png),
         "notes": [n for n in [note, runs.get("ddp", {}).get("note")] if n],
     })
@@ -348,6 +387,53 @@ def main(argv: list[str] | None = None) -> int:
 
 
 SWEEP_TARGETS = (2.6, 2.2, 2.0, 1.8, 1.6, 1.5, 1.4, 1.3)
+
+
+def samples_to_target(history: Sequence[dict[str, Any]], target: float) -> int | None:
+    """Samples taken (all centers) by the first evaluation at or below ``target``."""
+    return next((h["samples"] for h in history if h["eval_loss"] is not None and h["eval_loss"] <= target), None)
+
+
+def by_seed(runs: dict[str, dict[str, Any]], target: float) -> list[dict[str, Any]]:
+    """``ddp`` over ``streaming`` for every job seed that has both runs (keys ``"ddp@<seed>"``,
+    ``"streaming@<seed>"``): time and WAN bytes to ``target``, the samples each needed, and
+    streaming's final loss over DDP's after equal samples. A run that never reached the
+    target gives ``None`` ratios."""
+
+    def ratio(x, y):
+        return None if x is None or not y else x / y
+
+    out = []
+    seeds = sorted({int(k.split("@")[1]) for k in runs if k.startswith("ddp@")})
+    for seed in seeds:
+        d, s = runs.get(f"ddp@{seed}"), runs.get(f"streaming@{seed}")
+        if d is None or s is None:
+            continue
+        (td, bd), (ts, bs) = to_target(d["history"], target), to_target(s["history"], target)
+        out.append({
+            "seed": seed,
+            "ddp_s": td, "streaming_s": ts, "time_ratio": ratio(td, ts),
+            "bytes_ratio": ratio(bd, bs),
+            "ddp_samples": samples_to_target(d["history"], target),
+            "streaming_samples": samples_to_target(s["history"], target),
+            "ddp_final": d["final_eval_loss"], "streaming_final": s["final_eval_loss"],
+            "final_ratio": ratio(s["final_eval_loss"], d["final_eval_loss"]),
+        })
+    return out
+
+
+def spread(values: Sequence[float | None]) -> dict[str, float | int | None]:
+    """Median, least and most of ``values``; ``None`` (a run that missed the target) ranks
+    below every ratio and is counted in ``missed``: a median that falls on a miss is
+    ``None``, and so is the least ratio once any run missed."""
+    missed = sum(v is None for v in values)
+    ranked: list[float | None] = [None] * missed + sorted(v for v in values if v is not None)
+    n = len(ranked)
+    if n == 0:
+        return {"median": None, "min": None, "max": None, "missed": 0}
+    mid = ranked[n // 2 - 1 : n // 2 + 1] if n % 2 == 0 else [ranked[n // 2]]
+    median = None if None in mid else sum(mid) / len(mid)
+    return {"median": median, "min": ranked[0], "max": ranked[-1], "missed": missed}
 
 
 def by_target(runs: dict[str, dict[str, Any]], a: str = "ddp", b: str = "streaming") -> list[dict[str, Any]]:
@@ -363,6 +449,10 @@ def by_target(runs: dict[str, dict[str, Any]], a: str = "ddp", b: str = "streami
         out.append({"target": t, f"{a}_s": ta, f"{b}_s": tb, "time_ratio": ta / tb if tb else None,
                     "bytes_ratio": ba / bb if bb else None})
     return out
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
 
 
 def _ratios(runs: dict[str, dict[str, Any]]) -> dict[str, float | None]:

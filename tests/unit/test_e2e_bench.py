@@ -36,3 +36,59 @@ def test_to_target_is_the_first_crossing():
     ]
     assert e2e.to_target(hist, 1.6) == (2.0, 20)
     assert e2e.to_target(hist, 1.0) == (None, None)
+
+
+def _run(losses, samples_per_eval, bytes_per_eval=0, final=None):
+    hist = [{"train_s": float(i), "samples": i * samples_per_eval, "eval_loss": v, "wan_bytes": i * bytes_per_eval}
+            for i, v in enumerate(losses)]
+    return {"history": hist, "final_eval_loss": final if final is not None else losses[-1]}
+
+
+def test_by_seed_pairs_each_seeds_runs_and_leaves_a_miss_unrated():
+    runs = {
+        # seed 0: DDP at t=3 (300 samples, 300 bytes), streaming at t=1 (20 samples, 2 bytes)
+        "ddp@0": _run([4.0, 2.0, 1.7, 1.5, 1.2], 100, 100),
+        "streaming@0": _run([4.0, 1.5, 1.1], 20, 2),
+        # seed 2: streaming never reaches the target
+        "ddp@2": _run([4.0, 1.0], 100, 100, final=1.0),
+        "streaming@2": _run([4.0, 3.0], 20, 2, final=3.0),
+        "ddp@5": _run([4.0, 1.0], 100, 100),  # no streaming run of seed 5: left out
+    }
+    rows = e2e.by_seed(runs, 1.6)
+    assert [r["seed"] for r in rows] == [0, 2]
+    r0, r2 = rows
+    assert (r0["ddp_s"], r0["streaming_s"], r0["time_ratio"]) == (3.0, 1.0, 3.0)
+    assert r0["bytes_ratio"] == 300 / 2
+    assert (r0["ddp_samples"], r0["streaming_samples"]) == (300, 20)
+    assert r0["final_ratio"] == 1.1 / 1.2
+    assert r2["streaming_s"] is None and r2["time_ratio"] is None and r2["bytes_ratio"] is None
+    assert r2["final_ratio"] == 3.0
+
+
+def test_spread_counts_a_miss_as_the_worst():
+    assert e2e.spread([8.0, 10.0, 12.0]) == {"median": 10.0, "min": 8.0, "max": 12.0, "missed": 0}
+    assert e2e.spread([8.0, 10.0, 12.0, 6.0]) == {"median": 9.0, "min": 6.0, "max": 12.0, "missed": 0}
+    # a miss ranks below every ratio: the median moves down, and there is no least ratio
+    assert e2e.spread([None, 10.0, 12.0]) == {"median": 10.0, "min": None, "max": 12.0, "missed": 1}
+    assert e2e.spread([None, None, 12.0]) == {"median": None, "min": None, "max": 12.0, "missed": 2}
+    assert e2e.spread([None]) == {"median": None, "min": None, "max": None, "missed": 1}
+    # an even count whose middle pair holds a miss has no median (no averaging with a miss)
+    assert e2e.spread([None, 7.6]) == {"median": None, "min": None, "max": 7.6, "missed": 1}
+    assert e2e.spread([]) == {"median": None, "min": None, "max": None, "missed": 0}
+
+
+def test_seeds_option_refuses_bad_lists(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        e2e.main(["--seeds", "1,x"])
+    assert "--seeds: integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        e2e.main(["--seeds", f"1,{e2e.SEED}"])
+    assert "main runs' own" in capsys.readouterr().err
+
+
+def test_config_carries_the_seed():
+    spec = e2e.STRATEGIES["streaming"]
+    assert e2e._config(spec, 18, 1).job.seed == e2e.SEED
+    assert e2e._config(spec, 18, 1, seed=3).job.seed == 3
