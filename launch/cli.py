@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Sequence
@@ -27,38 +28,99 @@ def _mb(n: float) -> str:
 
 
 # ------------------------------------------------------------------ plan
+def model_layout(cfg: JobConfig) -> list[tuple[int, str, tuple[int, ...]]]:
+    """The flat layout of the config's model, as a job's workers lay it out: ``(config group,
+    name, shape)`` per trainable parameter (see :mod:`suanwang.runtime.groups`). The model
+    is built on the meta device: shapes only, no memory, however large the preset."""
+    import torch
+
+    from suanwang.models.clip import ClipConfig, ClipModel
+    from suanwang.runtime.groups import group_of
+    from suanwang.runtime.worker import flat_layout
+
+    with torch.device("meta"):
+        model = ClipModel(ClipConfig.preset(cfg.model.size))
+    names, params = flat_layout(model, cfg)
+    return [(group_of(n, cfg), n, tuple(p.shape)) for n, p in zip(names, params)]
+
+
+def _encoded_bytes(codec, numel: int, shape: tuple[int, ...] | None) -> float:
+    """What ``codec`` sends for ``numel`` fp32 elements (a per-tensor codec: of that shape)."""
+    plan = getattr(codec, "plan", None)
+    if shape is not None and plan is not None:
+        low = plan(shape)  # powersgd: (rows, cols, rank), or None to send it dense
+        return 4.0 * ((low[0] + low[1]) * low[2] if low else numel)
+    return numel * 4 / codec.estimate_ratio(numel)
+
+
 def predict(cfg: JobConfig) -> dict:
-    """Predicted WAN bytes and WAN time per round, from the declared links and the default
-    codec: two-shot and ring move ``2 (n - 1) / n`` payloads per center, a gather ``n - 1``.
-    A streaming round carries one fragment (taken as ``1 / fragments`` of the model).
+    """Predicted WAN bytes and WAN time per round, from the declared links and the codecs
+    of each tensor group (``codec``, ``codec_groups``; per-tensor codecs by each tensor's
+    shape), over the model's real layout: a streaming round carries one fragment, cut at
+    tensor boundaries as the job cuts it, and rounds take the fragments in turn.
+
+    Per payload group: two-shot and ring move ``2 (n - 1) / n`` payloads per center, a gather
+    ``n - 1``. WAN time per round on a link: every group's bytes at the link's rate, plus
+    half round trips in a row (gather groups: one send and its ack, together; each two-shot
+    group: two hops and the last ack; each ring group: ``2 (n - 1)`` steps, each waiting
+    for its ack). ``payload_bytes`` and ``wan_bytes_per_round`` are the mean over the
+    fragments, ``wan_s_per_round`` the slowest fragment's round.
     """
-    from suanwang.models.clip import ClipConfig
+    from suanwang.runtime.compress import make_codec
+    from suanwang.runtime.groups import fragment_bounds, plan_groups
     from suanwang.runtime.topology import pick_schedule
 
-    numel = ClipConfig.preset(cfg.model.size).param_count()
+    layout = model_layout(cfg)
+    numel = sum(math.prod(shape) for _, _, shape in layout)
     st = cfg.strategy
-    fragments = st.fragments if st.kind == "streaming" else 1
-    codec = cfg.codec.build()
-    payload = numel / fragments * 4 / codec.estimate_ratio(numel // fragments)
+    fragments = fragment_bounds(layout, st.fragments) if st.kind == "streaming" else [(0, numel)]
+    specs = [cfg.codec] + [g.codec for g in cfg.codec_groups]
+    # the payload groups, cut at fragment edges as the gateway cuts them
+    cuts = sorted({x for span in fragments for x in span})
+    pieces = []  # (start, stop, codec, shape)
+    start = 0
+    for g in plan_groups(layout, cfg):
+        codec = make_codec("none") if g.dense else specs[g.config_index].build()
+        inner = [x for x in cuts if start < x < start + g.numel]
+        for a, b in zip([start, *inner], [*inner, start + g.numel]):
+            pieces.append((a, b, codec, g.shape))
+        start += g.numel
     n = len(cfg.centers)
-    schedule = pick_schedule(cfg.wan.schedule, codec.kind, n)
-    per_center = payload * (n - 1 if schedule == "gather" else 2 * (n - 1) / n)
-    # half round trips in a row (gather: send, ack; two-shot: two hops, the last ack; ring:
-    # each of its 2 (n - 1) steps waits for its ack) and the share of a payload per link
-    halves, share = {"gather": (2, 1.0), "two_shot": (3, 2 / n), "ring": (4 * (n - 1), 2 * (n - 1) / n)}[schedule]
-    per_link_s = {
-        "<->".join(sorted(link.between)): share * payload * 8 / (link.bandwidth_mbit * 1e6)
-        + halves * link.rtt_ms / 2e3
-        for link in cfg.links
-    }
+    halves_of = {"gather": 2, "two_shot": 3, "ring": 4 * (n - 1)}
+    per_round = []  # (payload bytes per center, WAN bytes per center, {link: seconds}, schedules)
+    for a, b in fragments:
+        payload = sent = 0.0
+        bits_share = 0.0  # bytes crossing one link, summed over the groups
+        halves, gathered, schedules = 0, False, set()
+        for lo, hi, codec, shape in pieces:
+            if not (a <= lo and hi <= b):
+                continue
+            size = _encoded_bytes(codec, hi - lo, shape)
+            schedule = pick_schedule(cfg.wan.schedule, codec.kind, n, shape is not None)
+            schedules.add(schedule)
+            payload += size
+            sent += size * (n - 1 if schedule == "gather" else 2 * (n - 1) / n)
+            bits_share += size * (1.0 if schedule == "gather" else 2 / n if schedule == "two_shot" else 2 * (n - 1) / n)
+            if schedule == "gather":
+                gathered = True  # every gather group of a round goes in one batch
+            else:
+                halves += halves_of[schedule]
+        halves += halves_of["gather"] if gathered else 0
+        link_s = {
+            "<->".join(sorted(link.between)): bits_share * 8 / (link.bandwidth_mbit * 1e6) + halves * link.rtt_ms / 2e3
+            for link in cfg.links
+        }
+        per_round.append((payload, sent, link_s, schedules))
+    schedules = set().union(*(r[3] for r in per_round))
+    total = sum(per_round[r % len(per_round)][1] * n for r in range(cfg.rounds))
     return {
         "parameters": numel,
-        "schedule": schedule,
-        "payload_bytes": int(payload),
-        "wan_bytes_per_round": int(per_center * n),
-        "wan_s_per_round": max(per_link_s.values(), default=0.0),
+        "schedule": schedules.pop() if len(schedules) == 1 else "mixed",
+        "payload_bytes": int(sum(r[0] for r in per_round) / len(per_round)),
+        "wan_bytes_per_round": int(sum(r[1] for r in per_round) * n / len(per_round)),
+        "wan_s_per_round": max((max(r[2].values(), default=0.0) for r in per_round), default=0.0),
         "rounds": cfg.rounds,
-        "wan_bytes_total": int(per_center * n * cfg.rounds),
+        "wan_bytes_total": int(total),
     }
 
 
@@ -89,12 +151,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 f"RTT {m['rtt_ms']:.2f} ms, {rate:.0f} Mbit/s ({'transfers' if m.get('transfer_mbit') else 'probes'})"
             )
     p = predict(cfg)
+    mean = f" (mean over {cfg.strategy.fragments} fragments)" if cfg.strategy.kind == "streaming" else ""
     print(
         f"\n# prediction: {p['parameters']:,} parameters, {p['rounds']} rounds, "
-        f"{_mb(p['payload_bytes'])} MB payload per center per round ({p['schedule']} schedule),\n"
+        f"{_mb(p['payload_bytes'])} MB payload per center per round{mean} ({p['schedule']} schedule),\n"
         f"#   {_mb(p['wan_bytes_per_round'])} MB on the WAN per round "
         f"({_mb(p['wan_bytes_total'])} MB in all), "
-        f"at least {p['wan_s_per_round']:.3f} s of WAN time per round on the declared links"
+        f"at least {p['wan_s_per_round']:.3f} s of WAN time in {'the slowest' if mean else 'a'} round "
+        f"on the declared links"
     )
     return 0
 
