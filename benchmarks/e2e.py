@@ -94,7 +94,7 @@ TARGET_LOSS = 1.6
 SEED = 0
 
 
-def _config(spec: dict[str, Any], steps: int, eval_every_rounds: int, seed: int = SEED):
+def _config(spec: dict[str, Any], steps: int, eval_every_rounds: int, seed: int = SEED, batch: int = BATCH):
     """The demo config with the benchmark's centers, links and ``spec``; ``steps`` counts the
     strategy's own inner steps (see :func:`equal_sample_steps`)."""
     import yaml
@@ -113,7 +113,7 @@ def _config(spec: dict[str, Any], steps: int, eval_every_rounds: int, seed: int 
     ]
     d["strategy"] = spec["strategy"]
     d["codec"] = spec["codec"] if isinstance(spec["codec"], dict) else {"kind": spec["codec"]}
-    d["data"] = {**d["data"], "batch_size": BATCH}
+    d["data"] = {**d["data"], "batch_size": batch}
     # evaluations run on a separate actor, so no center's leader pauses training for them
     d["train"] = {"steps": steps, "eval_every_rounds": eval_every_rounds, "eval_on": "evaluator", "compile": COMPILE}
     if spec.get("samples"):
@@ -125,16 +125,16 @@ def _config(spec: dict[str, Any], steps: int, eval_every_rounds: int, seed: int 
 
 
 def run_ours(
-    name: str, steps: int, routes=None, counters=None, eval_points: int = 20, seed: int = SEED
+    name: str, steps: int, routes=None, counters=None, eval_points: int = 20, seed: int = SEED, batch: int = BATCH
 ) -> dict[str, Any]:
     """One suanwang run; ``counters()`` returns the emulator's WAN byte count (or None)."""
     from suanwang.launch.demo import demo_functions
     from suanwang.runtime import Job
 
-    spec = run_spec(name, steps)
-    probe = _config(spec, equal_sample_steps(spec, steps), 1, seed)
+    spec = run_spec(name, steps, batch)
+    probe = _config(spec, equal_sample_steps(spec, steps), 1, seed, batch)
     eval_every = max(1, probe.rounds // eval_points)
-    cfg = _config(spec, probe.train.steps, eval_every, seed)
+    cfg = _config(spec, probe.train.steps, eval_every, seed, batch)
     history: list[dict[str, Any]] = []
     state = {"samples": 0, "peak": 0.0, "eval_s": 0.0, "end_s": float("nan")}
     # Without overlap the round loop stops while the evaluator works: that pause is taken
@@ -193,19 +193,21 @@ def run_ours(
     }
 
 
-def run_spec(name: str, ddp_steps: int) -> dict[str, Any]:
+def run_spec(name: str, ddp_steps: int, batch: int = BATCH) -> dict[str, Any]:
     """``STRATEGIES`` entry of run ``name``; time-boxed slots take what they manage, so
-    such a run stops on the samples DDP takes in ``ddp_steps`` steps instead."""
+    such a run stops on the samples DDP takes in ``ddp_steps`` steps of ``batch`` per
+    worker instead."""
     spec = STRATEGIES[name.removesuffix("_unshaped")]
     if spec["strategy"].get("slot_s"):
-        spec = {**spec, "samples": BATCH * sum(w for _, w in CENTERS) * ddp_steps}
+        spec = {**spec, "samples": batch * sum(w for _, w in CENTERS) * ddp_steps}
     return spec
 
 
 def equal_sample_steps(spec: dict[str, Any], ddp_steps: int) -> int:
     """``train.steps`` for ``spec`` whose rounds add up to the samples DDP takes in
     ``ddp_steps`` steps (every worker of every center, one batch each), to the nearest
-    round: centers with their own inner steps take more (or fewer) samples per round."""
+    round: centers with their own inner steps take more (or fewer) samples per round (the
+    per-worker batch cancels out)."""
     cfg = _config(spec, 1, 1)
     per_round = sum(BATCH * w * cfg.center_inner_steps(n) for n, w in CENTERS)
     ddp_samples = BATCH * sum(w for _, w in CENTERS) * ddp_steps
@@ -261,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="DDP steps per worker; every strategy takes the same samples in all")
     ap.add_argument("--target", type=float, default=TARGET_LOSS, help="target held-out loss")
     ap.add_argument("--runs", default="ddp_unshaped,streaming_unshaped,ddp,ddp_powersgd,sync,diloco,streaming")
+    ap.add_argument("--batch", type=int, default=BATCH,
+                    help=f"per-worker batch of every run, DDP's included (default {BATCH}, the demo's)")
     ap.add_argument("--seeds", default="", metavar="S1,S2,...",
                     help=f"also run ddp and streaming on the links with these job seeds (every other run, "
                          f"and the headline ratios, use seed {SEED}); ~2.5 min per seed")
@@ -269,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         extra_seeds = [int(x) for x in opts.seeds.split(",") if x.strip()]
     except ValueError:
         ap.error(f"--seeds: integers separated by commas, got {opts.seeds!r}")
+    if opts.batch < 2:
+        ap.error(f"--batch: at least 2 (the contrastive loss needs pairs), got {opts.batch}")
     if SEED in extra_seeds:
         ap.error(f"--seeds: seed {SEED} is the main runs' own; name other seeds")
     logging.basicConfig(level=os.environ.get("SUANWANG_LOG_LEVEL", "WARNING"))
@@ -290,10 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in [r for r in wanted if r.endswith("_unshaped")]:
             t0 = time.time()
             if name.startswith("ddp"):
-                runs[name] = run_ddp(CENTERS, opts.steps, seed=SEED, batch_size=BATCH, target_loss=opts.target,
+                runs[name] = run_ddp(CENTERS, opts.steps, seed=SEED, batch_size=opts.batch, target_loss=opts.target,
                                      compile=COMPILE)
             else:
-                runs[name] = run_ours(name, opts.steps)
+                runs[name] = run_ours(name, opts.steps, batch=opts.batch)
             print(f"{name}: done in {time.time() - t0:.0f} s", flush=True)
         shaped = [r for r in wanted if not r.endswith("_unshaped")]
         if shaped or extra_seeds:
@@ -315,21 +321,22 @@ def main(argv: list[str] | None = None) -> int:
                 for name in shaped:
                     t0 = time.time()
                     if name == "ddp":
-                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, seed=SEED, batch_size=BATCH, target_loss=opts.target,
-                                             compile=COMPILE)
-                    elif name == "ddp_powersgd":
-                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, seed=SEED, powersgd_rank=4, batch_size=BATCH,
+                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, seed=SEED, batch_size=opts.batch,
                                              target_loss=opts.target, compile=COMPILE)
+                    elif name == "ddp_powersgd":
+                        runs[name] = run_ddp(CENTERS, opts.steps, emu=emu, seed=SEED, powersgd_rank=4,
+                                             batch_size=opts.batch, target_loss=opts.target, compile=COMPILE)
                     else:
                         with BridgedRoutes(emu) as routes:
-                            runs[name] = run_ours(name, opts.steps, routes, counters)
+                            runs[name] = run_ours(name, opts.steps, routes, counters, batch=opts.batch)
                     print(f"{name}: done in {time.time() - t0:.0f} s", flush=True)
                 for seed in extra_seeds:
                     t0 = time.time()
-                    seed_runs[f"ddp@{seed}"] = run_ddp(CENTERS, opts.steps, emu=emu, seed=seed, batch_size=BATCH,
+                    seed_runs[f"ddp@{seed}"] = run_ddp(CENTERS, opts.steps, emu=emu, seed=seed, batch_size=opts.batch,
                                                        target_loss=opts.target, compile=COMPILE)
                     with BridgedRoutes(emu) as routes:
-                        seed_runs[f"streaming@{seed}"] = run_ours("streaming", opts.steps, routes, counters, seed=seed)
+                        seed_runs[f"streaming@{seed}"] = run_ours("streaming", opts.steps, routes, counters, seed=seed,
+                                                                  batch=opts.batch)
                     print(f"seed {seed}: ddp and streaming done in {time.time() - t0:.0f} s", flush=True)
     finally:
         ray.shutdown()
@@ -370,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "target_loss": opts.target,
         "steps_per_worker": opts.steps,
+        "batch_per_worker": opts.batch,
         "compile": COMPILE,
         "centers": CENTERS,
         "emulator": emulator,

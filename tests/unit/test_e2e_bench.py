@@ -92,3 +92,19 @@ def test_config_carries_the_seed():
     spec = e2e.STRATEGIES["streaming"]
     assert e2e._config(spec, 18, 1).job.seed == e2e.SEED
     assert e2e._config(spec, 18, 1, seed=3).job.seed == 3
+
+
+def test_batch_sets_every_runs_batch_and_keeps_the_sample_count():
+    spec = e2e.run_spec("streaming", 600, batch=16)
+    assert spec["samples"] == 16 * 4 * 600  # the time-boxed run stops on DDP's samples
+    cfg = e2e._config(spec, e2e.equal_sample_steps(spec, 600), 1, batch=16)
+    assert cfg.data.batch_size == 16 and cfg.train.samples == 16 * 4 * 600
+    assert e2e._config(spec, 18, 1).data.batch_size == e2e.BATCH  # the demo's by default
+
+
+def test_batch_option_refuses_a_batch_without_pairs(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        e2e.main(["--batch", "1"])
+    assert "--batch: at least 2" in capsys.readouterr().err
