@@ -4,7 +4,8 @@ Three centers (2, 1 and 1 workers: the demo's shape) joined by emulated links of
 and 40 ms RTT (:class:`~suanwang.runtime.wan.emulator.WanEmulator` in packet mode,
 ``latency="tun"``: every IPv4 packet between centers, gloo's and gRPC's alike, pays the
 link rate and rtt/2 each way). Every run trains the demo model (tiny CLIP, digits pairs) on
-the same per-worker shards with the same seed, batch and inner optimizer, and takes the
+the same per-worker shards with the same seed (:data:`SEED`, except the ``--seeds``
+repeats), batch and inner optimizer, and takes the
 same number of samples in all (DDP: ``--steps`` per worker; a strategy whose centers run
 unequal inner steps gets the number of rounds that adds up to the same samples, and
 time-boxed streaming stops on the sample count, ``train.samples``), so "final loss after
@@ -275,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--seeds: integers separated by commas, got {opts.seeds!r}")
     if opts.batch < 2:
         ap.error(f"--batch: at least 2 (the contrastive loss needs pairs), got {opts.batch}")
+    if len(set(extra_seeds)) != len(extra_seeds):
+        ap.error(f"--seeds: a seed named twice in {opts.seeds!r}")
     if SEED in extra_seeds:
         ap.error(f"--seeds: seed {SEED} is the main runs' own; name other seeds")
     logging.basicConfig(level=os.environ.get("SUANWANG_LOG_LEVEL", "WARNING"))
@@ -366,9 +369,9 @@ def main(argv: list[str] | None = None) -> int:
                     opts.target)
     if len(seeds) > 1:
         print_table(seeds, title=f"ddp over streaming on the links, by job seed (target {opts.target})")
-        sp = spread([s["time_ratio"] for s in seeds])
-        print(f"time ratio over {len(seeds)} seeds: median {_fmt(sp['median'])}, least {_fmt(sp['min'])}, "
-              f"most {_fmt(sp['max'])}; {sp['missed']} missed the target")
+        sp = spread(seed_time_ratios(seeds))
+        print(f"time ratio over {sp['seeds']} seeds: median {_fmt(sp['median'])}, least {_fmt(sp['min'])}, "
+              f"most {_fmt(sp['max'])}; streaming missed the target in {sp['missed']}")
     out = pathlib.Path(opts.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
@@ -385,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios,
         "ddp_over_streaming_by_target": sweep,
         "ddp_over_streaming_by_seed": seeds,
-        "time_ratio_over_seeds": spread([s["time_ratio"] for s in seeds]) if seeds else None,
+        "time_ratio_over_seeds": spread(seed_time_ratios(seeds)) if seeds else None,
         "seed_runs": seed_runs,
         "plot": None if note else str(png),
         "notes": [n for n in [note, runs.get("ddp", {}).get("note")] if n],
@@ -409,7 +412,7 @@ def by_seed(runs: dict[str, dict[str, Any]], target: float) -> list[dict[str, An
     target gives ``None`` ratios."""
 
     def ratio(x, y):
-        return None if x is None or not y else x / y
+        return None if x is None or y is None or y <= 0 else x / y
 
     out = []
     seeds = sorted({int(k.split("@")[1]) for k in runs if k.startswith("ddp@")})
@@ -430,18 +433,33 @@ def by_seed(runs: dict[str, dict[str, Any]], target: float) -> list[dict[str, An
     return out
 
 
+def seed_time_ratios(rows: Sequence[dict[str, Any]]) -> list[float | None]:
+    """The time ratios of :func:`by_seed` rows for :func:`spread`: ``None`` where streaming
+    missed the target (its worst case); a seed where DDP missed it, or with no ratio for
+    another reason (a target at the initial loss), is left out."""
+    out: list[float | None] = []
+    for r in rows:
+        if r["ddp_s"] is None:
+            continue
+        if r["streaming_s"] is None:
+            out.append(None)
+        elif r["time_ratio"] is not None:
+            out.append(r["time_ratio"])
+    return out
+
+
 def spread(values: Sequence[float | None]) -> dict[str, float | int | None]:
-    """Median, least and most of ``values``; ``None`` (a run that missed the target) ranks
-    below every ratio and is counted in ``missed``: a median that falls on a miss is
-    ``None``, and so is the least ratio once any run missed."""
+    """Median, least and most of ``values`` over ``seeds`` of them; ``None`` (a run that
+    missed the target) ranks below every ratio and is counted in ``missed``: a median that
+    falls on a miss is ``None``, and so is the least ratio once any run missed."""
     missed = sum(v is None for v in values)
     ranked: list[float | None] = [None] * missed + sorted(v for v in values if v is not None)
     n = len(ranked)
     if n == 0:
-        return {"median": None, "min": None, "max": None, "missed": 0}
+        return {"seeds": 0, "median": None, "min": None, "max": None, "missed": 0}
     mid = ranked[n // 2 - 1 : n // 2 + 1] if n % 2 == 0 else [ranked[n // 2]]
     median = None if None in mid else sum(mid) / len(mid)
-    return {"median": median, "min": ranked[0], "max": ranked[-1], "missed": missed}
+    return {"seeds": n, "median": median, "min": ranked[0], "max": ranked[-1], "missed": missed}
 
 
 def by_target(runs: dict[str, dict[str, Any]], a: str = "ddp", b: str = "streaming") -> list[dict[str, Any]]:

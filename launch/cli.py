@@ -150,7 +150,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 f"#   {key}: declared {link.bandwidth_mbit:g} Mbit/s {link.rtt_ms:g} ms; measured "
                 f"RTT {m['rtt_ms']:.2f} ms, {rate:.0f} Mbit/s ({'transfers' if m.get('transfer_mbit') else 'probes'})"
             )
-    p = predict(cfg)
+    try:
+        p = predict(cfg)
+    except ValueError as err:  # a layout the config does not fit (more fragments than tensors, say)
+        print(f"suanwang: {err}", file=sys.stderr)
+        return 2
     mean = f" (mean over {cfg.strategy.fragments} fragments)" if cfg.strategy.kind == "streaming" else ""
     print(
         f"\n# prediction: {p['parameters']:,} parameters, {p['rounds']} rounds, "

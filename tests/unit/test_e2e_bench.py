@@ -66,15 +66,30 @@ def test_by_seed_pairs_each_seeds_runs_and_leaves_a_miss_unrated():
 
 
 def test_spread_counts_a_miss_as_the_worst():
-    assert e2e.spread([8.0, 10.0, 12.0]) == {"median": 10.0, "min": 8.0, "max": 12.0, "missed": 0}
-    assert e2e.spread([8.0, 10.0, 12.0, 6.0]) == {"median": 9.0, "min": 6.0, "max": 12.0, "missed": 0}
+    def sp(values):
+        out = e2e.spread(values)
+        assert out.pop("seeds") == len(values)
+        return out
+
+    assert sp([8.0, 10.0, 12.0]) == {"median": 10.0, "min": 8.0, "max": 12.0, "missed": 0}
+    assert sp([8.0, 10.0, 12.0, 6.0]) == {"median": 9.0, "min": 6.0, "max": 12.0, "missed": 0}
     # a miss ranks below every ratio: the median moves down, and there is no least ratio
-    assert e2e.spread([None, 10.0, 12.0]) == {"median": 10.0, "min": None, "max": 12.0, "missed": 1}
-    assert e2e.spread([None, None, 12.0]) == {"median": None, "min": None, "max": 12.0, "missed": 2}
-    assert e2e.spread([None]) == {"median": None, "min": None, "max": None, "missed": 1}
+    assert sp([None, 10.0, 12.0]) == {"median": 10.0, "min": None, "max": 12.0, "missed": 1}
+    assert sp([None, None, 12.0]) == {"median": None, "min": None, "max": 12.0, "missed": 2}
+    assert sp([None]) == {"median": None, "min": None, "max": None, "missed": 1}
     # an even count whose middle pair holds a miss has no median (no averaging with a miss)
-    assert e2e.spread([None, 7.6]) == {"median": None, "min": None, "max": 7.6, "missed": 1}
-    assert e2e.spread([]) == {"median": None, "min": None, "max": None, "missed": 0}
+    assert sp([None, 7.6]) == {"median": None, "min": None, "max": 7.6, "missed": 1}
+    assert sp([]) == {"median": None, "min": None, "max": None, "missed": 0}
+
+
+def test_only_streamings_misses_rank_worst():
+    rows = [
+        {"ddp_s": 40.0, "streaming_s": 4.0, "time_ratio": 10.0},
+        {"ddp_s": 40.0, "streaming_s": None, "time_ratio": None},  # streaming missed: worst
+        {"ddp_s": None, "streaming_s": 4.0, "time_ratio": None},  # DDP missed: no ratio, left out
+        {"ddp_s": 0.0, "streaming_s": 0.0, "time_ratio": None},  # target at the initial loss
+    ]
+    assert e2e.seed_time_ratios(rows) == [10.0, None]
 
 
 def test_seeds_option_refuses_bad_lists(capsys):
@@ -86,6 +101,9 @@ def test_seeds_option_refuses_bad_lists(capsys):
     with pytest.raises(SystemExit):
         e2e.main(["--seeds", f"1,{e2e.SEED}"])
     assert "main runs' own" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        e2e.main(["--seeds", "1,2,1"])
+    assert "named twice" in capsys.readouterr().err
 
 
 def test_config_carries_the_seed():
