@@ -35,13 +35,11 @@ def model_layout(cfg: JobConfig) -> list[tuple[int, str, tuple[int, ...]]]:
     import torch
 
     from suanwang.models.clip import ClipConfig, ClipModel
-    from suanwang.runtime.groups import group_of
-    from suanwang.runtime.worker import flat_layout
+    from suanwang.runtime.worker import layout_of
 
     with torch.device("meta"):
         model = ClipModel(ClipConfig.preset(cfg.model.size))
-    names, params = flat_layout(model, cfg)
-    return [(group_of(n, cfg), n, tuple(p.shape)) for n, p in zip(names, params)]
+    return layout_of(model, cfg)
 
 
 def _encoded_bytes(codec, numel: int, shape: tuple[int, ...] | None) -> float:
@@ -67,7 +65,7 @@ def predict(cfg: JobConfig) -> dict:
     fragments, ``wan_s_per_round`` the slowest fragment's round.
     """
     from suanwang.runtime.compress import make_codec
-    from suanwang.runtime.groups import fragment_bounds, plan_groups
+    from suanwang.runtime.groups import cut_at_fragments, fragment_bounds, plan_groups
     from suanwang.runtime.topology import pick_schedule
 
     layout = model_layout(cfg)
@@ -76,15 +74,12 @@ def predict(cfg: JobConfig) -> dict:
     fragments = fragment_bounds(layout, st.fragments) if st.kind == "streaming" else [(0, numel)]
     specs = [cfg.codec] + [g.codec for g in cfg.codec_groups]
     # the payload groups, cut at fragment edges as the gateway cuts them
-    cuts = sorted({x for span in fragments for x in span})
-    pieces = []  # (start, stop, codec, shape)
-    start = 0
-    for g in plan_groups(layout, cfg):
-        codec = make_codec("none") if g.dense else specs[g.config_index].build()
-        inner = [x for x in cuts if start < x < start + g.numel]
-        for a, b in zip([start, *inner], [*inner, start + g.numel]):
-            pieces.append((a, b, codec, g.shape))
-        start += g.numel
+    plans = plan_groups(layout, cfg)
+    pieces = [  # (start, stop, codec, shape)
+        (a, b, make_codec("none") if g.dense else specs[g.config_index].build(), g.shape)
+        for g, ranges in zip(plans, cut_at_fragments([g.numel for g in plans], fragments))
+        for a, b in ranges
+    ]
     n = len(cfg.centers)
     halves_of = {"gather": 2, "two_shot": 3, "ring": 4 * (n - 1)}
     per_round = []  # (payload bytes per center, WAN bytes per center, {link: seconds}, schedules)

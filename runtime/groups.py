@@ -110,3 +110,16 @@ def fragment_bounds(layout: Sequence[LayoutEntry], fragments: int) -> list[tuple
         acc += n
     bounds.append((start, total))
     return bounds
+
+
+def cut_at_fragments(sizes: Sequence[int], fragments: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Per group of ``sizes`` elements (consecutive in the flat layout), the ranges it
+    becomes once cut at every fragment edge: a group that a streaming fragment boundary
+    crosses is sent as one payload group per piece. ``fragments`` may be empty (no cut)."""
+    cuts = sorted({x for span in fragments for x in span})
+    out, start = [], 0
+    for size in sizes:
+        inner = [x for x in cuts if start < x < start + size]
+        out.append(list(zip([start, *inner], [*inner, start + size])))
+        start += size
+    return out

@@ -63,6 +63,13 @@ def flat_layout(model: torch.nn.Module, cfg: JobConfig) -> tuple[list[str], list
     return [named[i][0] for i in order], [named[i][1] for i in order]
 
 
+def layout_of(model: torch.nn.Module, cfg: JobConfig) -> list[tuple[int, str, tuple[int, ...]]]:
+    """The flat layout of ``model``: ``(config group, name, shape)`` per trainable parameter,
+    in :func:`flat_layout` order (see :mod:`suanwang.runtime.groups`)."""
+    names, params = flat_layout(model, cfg)
+    return [(group_of(n, cfg), n, tuple(p.shape)) for n, p in zip(names, params)]
+
+
 class Evaluator:
     """Held-out evaluation off the training path (``train.eval_on: evaluator``): a replica
     that only loads the flat parameters it is handed and evaluates them, so no center's
@@ -340,7 +347,7 @@ class Worker:
     def layout(self) -> list[tuple[int, str, tuple[int, ...]]]:
         """The flat layout: (config group, name, shape) per parameter, in order (see
         :mod:`suanwang.runtime.groups`)."""
-        return [(group_of(n, self.cfg), n, tuple(p.shape)) for n, p in zip(self.param_names, self.params)]
+        return layout_of(self.model, self.cfg)
 
     def shared_digest(self) -> str:
         """Digest of what every center holds alike: the parameters, or under diloco and

@@ -35,6 +35,7 @@ import torch
 from suanwang.runtime.compress import Codec, CodecState, Encoded, PayloadError
 from suanwang.runtime.compress.registry import codec_for_enum
 from suanwang.runtime.flat import digest
+from suanwang.runtime.groups import cut_at_fragments
 from suanwang.runtime.reduce import weighted_mean
 from suanwang.runtime.strategies import CenterStrategy
 from suanwang.runtime.topology import pick_schedule, ring_order, segments
@@ -143,23 +144,21 @@ class Gateway:
         self.peers = sorted(peers)
         self.transport = transport
         self.fragments = fragments or [(0, numel)]
-        cuts = sorted({a for a, _ in self.fragments} | {b for _, b in self.fragments})
         self.groups: list[Group] = []
-        start = 0
-        for size, c, shape in groups or [(numel, codec, None)]:
+        groups = groups or [(numel, codec, None)]
+        for (size, c, shape), pieces in zip(groups, cut_at_fragments([g[0] for g in groups], self.fragments)):
             if shape is not None and math.prod(shape) != size:
                 raise ValueError(f"{center}: group {len(self.groups)} has shape {shape} but {size} elements")
-            inner = [x for x in cuts if start < x < start + size]
-            if inner and shape is not None:
+            if len(pieces) > 1 and shape is not None:
                 raise ValueError(f"{center}: a fragment boundary cuts the tensor of shape {shape}")
-            for a, b in zip([start, *inner], [*inner, start + size]):
+            for a, b in pieces:
                 # a group cut by fragments gets one payload group per piece; codec state
                 # is per piece, so each piece keeps its own error feedback
                 codec_piece = c() if callable(c) and not isinstance(c, Codec) else c
                 self.groups.append(Group(f"g{len(self.groups)}", a, b, codec_piece, shape))
-            start += size
-        if start != numel:
-            raise ValueError(f"{center}: tensor groups cover {start} elements, the contribution has {numel}")
+        covered = sum(g[0] for g in groups)
+        if covered != numel:
+            raise ValueError(f"{center}: tensor groups cover {covered} elements, the contribution has {numel}")
         self.strategy = strategy
         self.numel = numel
         self.job_id = job_id

@@ -77,3 +77,13 @@ def test_each_center_gateway_seeds_its_codecs_apart():
     assert len(seeds["shenzhen"]) == 2
     assert all(a != b for a, b in zip(seeds["shenzhen"], seeds["wuhan"]))
     assert [g[1]().seed for g in build_groups(layout, c, salt="wuhan")] == seeds["wuhan"]
+
+
+def test_cut_at_fragments_splits_only_the_groups_an_edge_crosses():
+    from suanwang.runtime.groups import cut_at_fragments
+
+    # groups of 30, 50 and 20 elements; fragments [0, 40) and [40, 100)
+    assert cut_at_fragments([30, 50, 20], [(0, 40), (40, 100)]) == [[(0, 30)], [(30, 40), (40, 80)], [(80, 100)]]
+    # an edge on a group boundary cuts nothing; no fragments cut nothing
+    assert cut_at_fragments([30, 70], [(0, 30), (30, 100)]) == [[(0, 30)], [(30, 100)]]
+    assert cut_at_fragments([30, 70], []) == [[(0, 30)], [(30, 100)]]
