@@ -207,12 +207,12 @@ def run_spec(name: str, ddp_steps: int, batch: int = BATCH) -> dict[str, Any]:
 def equal_sample_steps(spec: dict[str, Any], ddp_steps: int) -> int:
     """``train.steps`` for ``spec`` whose rounds add up to the samples DDP takes in
     ``ddp_steps`` steps (every worker of every center, one batch each), to the nearest
-    round: centers with their own inner steps take more (or fewer) samples per round (the
-    per-worker batch cancels out)."""
+    round: centers with their own inner steps take more (or fewer) samples per round. Every
+    worker's batch is the same, so batches are counted (worker-steps), not samples."""
     cfg = _config(spec, 1, 1)
-    per_round = sum(BATCH * w * cfg.center_inner_steps(n) for n, w in CENTERS)
-    ddp_samples = BATCH * sum(w for _, w in CENTERS) * ddp_steps
-    rounds = max(1, round(ddp_samples / per_round))
+    per_round = sum(w * cfg.center_inner_steps(n) for n, w in CENTERS)
+    ddp_batches = sum(w for _, w in CENTERS) * ddp_steps
+    rounds = max(1, round(ddp_batches / per_round))
     return rounds * cfg.inner_steps
 
 
